@@ -1,0 +1,47 @@
+# sekd workflow: params.yaml drives every rule; `--configfile config/paper.yaml` overlays paper scale.
+# Rules are thin: each calls one `sekd` command with only the config sections it reads.
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/student.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_evaluate
+
+
+rule all:
+    default_target: True
+    input:
+        [phase_outputs(phase) for phase in PHASES],
+
+
+# One target per DVC stage (dvc.yaml runs `snakemake ... phase_<stage>`; tests/test_workflow.py checks
+# that both agree).
+rule phase_corpus:
+    input:
+        phase_outputs("corpus"),
+
+
+rule phase_synth:
+    input:
+        phase_outputs("synth"),
+
+
+rule phase_teacher:
+    input:
+        phase_outputs("teacher"),
+
+
+rule phase_student:
+    input:
+        phase_outputs("student"),
+
+
+rule phase_evaluate:
+    input:
+        phase_outputs("evaluate"),

@@ -1,0 +1,186 @@
+"""The one command-line entry point, ``sekd <command>``: workflow rules and users call the same steps.
+
+Each step reads its config either from params files (``--params``, later files overlay earlier ones;
+validated in full) or, as the Snakemake rules do, from ``--config JSON`` holding just the sections the
+step needs (validated section by section), so a rule's command changes only when its own params do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sekd.errors import SekdError
+
+log = logging.getLogger("sekd")
+
+
+def _config(args: argparse.Namespace) -> dict:
+    from sekd.config import load_params, validate_sections
+
+    if args.config:
+        try:
+            sections = json.loads(args.config)
+        except json.JSONDecodeError as err:
+            raise SekdError(f"--config: invalid JSON: {err}") from None
+        return validate_sections(sections)
+    return load_params(*(args.params or ["params.yaml"]))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    _config(args)
+    print("config OK")
+
+
+def cmd_corpus(args: argparse.Namespace) -> None:
+    from sekd.data.corpus import build_corpus
+
+    table = build_corpus(_config(args)["corpus"], Path(args.out), workers=args.workers)
+    log.info("corpus: %d utterances of %d speakers in %s", len(table), table.speaker.nunique(), args.out)
+
+
+def cmd_noise(args: argparse.Namespace) -> None:
+    from sekd.data.corpus import assign_speakers, load_utterances
+    from sekd.data.noise import babble_speech_for, build_noise
+
+    cfg = _config(args)
+    utterances = load_utterances(Path(args.corpus))
+    babble = assign_speakers(sorted(utterances.speaker.unique()), cfg["split"])["babble"]
+    speech = babble_speech_for(utterances, babble) if cfg["noise"]["source"] == "demo" else None
+    table = build_noise(cfg["noise"], speech, Path(args.out), workers=args.workers)
+    log.info("noise: %d recordings in %s", len(table), args.out)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from sekd.data.corpus import assign_speakers, load_utterances
+    from sekd.data.noise import load_noises
+    from sekd.data.synth import synthesize_personal, synthesize_split
+
+    cfg = _config(args)
+    utterances = load_utterances(Path(args.corpus))
+    noises = load_noises(Path(args.noise))
+    speakers = assign_speakers(sorted(utterances.speaker.unique()), cfg["split"])
+    out = Path(args.out)
+    if args.split == "personal":
+        synthesize_personal(utterances, noises, speakers["test"], cfg["synth"], out, args.workers)
+    else:
+        synthesize_split(
+            args.split, utterances, noises, speakers[args.split], cfg["synth"], out, args.workers
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from sekd.train import train_model
+
+    cfg = _config(args)
+    section = cfg[args.role]
+    train_cfg = dict(section["train"])
+    if args.seed is not None:
+        train_cfg["seed"] = args.seed
+    train_model(
+        model_cfg=section["model"],
+        train_cfg=train_cfg,
+        train_manifest=Path(args.train),
+        valid_manifest=Path(args.valid),
+        out_dir=Path(args.out),
+        checkpoint_dir=Path(args.checkpoints),
+        threads=args.threads,
+        run_name=args.run_name,
+        phase=args.phase or args.role,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sekd.evaluation import evaluate_system
+
+    cfg = _config(args)
+    evaluate_system(
+        system=args.system,
+        model_dir=Path(args.model) if args.model else None,
+        manifest=Path(args.manifest),
+        out_dir=Path(args.out),
+        options=cfg["evaluate"],
+        workers=args.workers,
+    )
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from sekd.evaluation import write_comparison
+
+    write_comparison([Path(p) for p in args.systems], Path(args.out))
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--params", action="append", help="params file(s); later ones overlay")
+    group.add_argument("--config", help="JSON object of config sections (used by workflow rules)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sekd", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        _add_config_options(p)
+        p.set_defaults(func=func)
+        return p
+
+    add("validate", cmd_validate, "validate the config and exit")
+    p = add("corpus", cmd_corpus, "build the demo corpus or index a real one")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p = add("noise", cmd_noise, "synthesise demo noises or index a noise folder")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p = add("synth", cmd_synth, "synthesise reverberant mixtures for one split")
+    p.add_argument("--split", required=True, choices=["train", "valid", "test", "personal"])
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--noise", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p = add("train", cmd_train, "train a teacher or a no-KD student")
+    p.add_argument("--role", required=True, choices=["teacher", "student"])
+    p.add_argument("--train", required=True, help="training manifest.csv")
+    p.add_argument("--valid", required=True, help="validation manifest.csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoints", required=True, help="folder for resumable state")
+    p.add_argument("--seed", type=int, default=None, help="overrides train.seed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--phase", default=None, help="MLflow phase (experiment suffix)")
+    p = add("evaluate", cmd_evaluate, "enhance a test set with a model and score it")
+    p.add_argument("--system", required=True, help="name in tables, e.g. noisy, teacher, nokd-0")
+    p.add_argument("--model", default=None, help="model folder (omit for the noisy input)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p = add("table", cmd_table, "combine evaluated systems into the comparison table")
+    p.add_argument("--out", required=True, help="results folder for metrics.json, table.md/csv")
+    p.add_argument("systems", nargs="+", help="evaluation folders, one per system")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        args.func(args)
+    except SekdError as err:
+        print(f"sekd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Load, overlay, validate and hash the one config tree (``params.yaml``).
+
+The JSON schema (``schemas/params.schema.yaml``, also at ``workflow/schemas/``) rejects unknown keys and
+wrong types. Two checks JSON Schema cannot express are done here: ``[low, high]`` pairs marked
+``x-range: true`` must be ordered, and the speaker split must fit the corpus.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from sekd.errors import SekdError
+from sekd.io import read_yaml
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def schema() -> dict:
+    text = resources.files("sekd").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Return ``base`` with ``overlay`` merged in: mappings merge key by key, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(*paths: str | Path) -> dict:
+    """Read ``params.yaml`` (or the given files, later ones overlaying earlier ones) and validate."""
+    paths = paths or (DEFAULT_PARAMS,)
+    cfg: dict = {}
+    for path in paths:
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise SekdError(f"{path}: top level must be a mapping")
+        cfg = deep_merge(cfg, data)
+    return validate_params(cfg, source=", ".join(map(str, paths)))
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = set(error.instance) - set(error.schema.get("properties", {}))
+        parts.append("|".join(sorted(map(str, extra))))
+    if error.validator == "required":
+        parts.append(error.message.split("'")[1])
+    return ".".join(parts) or "<root>"
+
+
+def _resolve(sub: dict, root: dict) -> dict:
+    while "$ref" in sub:
+        sub = root["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+    return sub
+
+
+def _check_ranges(cfg: Any, sch: dict, root: dict, path: str, errors: list[tuple[str, str]]) -> None:
+    sch = _resolve(sch, root)
+    if sch.get("x-range") and isinstance(cfg, list) and len(cfg) == 2 and cfg[0] > cfg[1]:
+        errors.append((path, f"low {cfg[0]} > high {cfg[1]}"))
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            sub = sch.get("properties", {}).get(key)
+            if sub is None and isinstance(sch.get("additionalProperties"), dict):
+                sub = sch["additionalProperties"]
+            if sub is not None:
+                _check_ranges(value, sub, root, f"{path}.{key}" if path else key, errors)
+
+
+def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
+    """Validate ``cfg`` in place of a run; raise a one-line :class:`SekdError` naming the key."""
+    sch = schema()
+    validator = jsonschema.Draft202012Validator(sch)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        first = errors[0]
+        raise SekdError(f"{source}: invalid key '{_key_of(first)}': {first.message}")
+    problems: list[tuple[str, str]] = []
+    _check_ranges(cfg, sch, sch, "", problems)
+    split = cfg["split"]
+    needed = sum(split[k] for k in ("train", "valid", "test", "babble"))
+    if cfg["corpus"]["source"] == "demo" and needed > cfg["corpus"]["demo"]["speakers"]:
+        speakers = cfg["corpus"]["demo"]["speakers"]
+        problems.append(("split", f"needs {needed} speakers but corpus.demo.speakers is {speakers}"))
+    if problems:
+        key, message = problems[0]
+        raise SekdError(f"{source}: invalid key '{key}': {message}")
+    return cfg
+
+
+def validate_sections(sections: dict, source: str = "--config") -> dict:
+    """Validate a partial config (some top-level sections, as a workflow rule passes them)."""
+    root = schema()
+    for name, value in sections.items():
+        sub = root["properties"].get(name)
+        if sub is None:
+            raise SekdError(f"{source}: invalid key '{name}': unknown section")
+        validator = jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]})
+        error = next(iter(validator.iter_errors(value)), None)
+        if error is not None:
+            key = _key_of(error)
+            full = name if key == "<root>" else f"{name}.{key}"
+            raise SekdError(f"{source}: invalid key '{full}': {error.message}")
+        problems: list[tuple[str, str]] = []
+        _check_ranges(value, sub, root, name, problems)
+        if problems:
+            raise SekdError(f"{source}: invalid key '{problems[0][0]}': {problems[0][1]}")
+    return sections
+
+
+def params_hash(obj: Any) -> str:
+    """Short content hash of a config (sub)tree, stable across key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

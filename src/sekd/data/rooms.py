@@ -1,0 +1,171 @@
+"""Random shoebox rooms with image-source RIRs whose measured RT60 matches the drawn target.
+
+Inverse Sabine gives an absorption for a target RT60, but the image-source RIR it produces does not
+measure at that RT60: with a high image order the decay is longer than Sabine predicts (0.6 s target
+measured 0.78 s in a 6x5x3 m room), and with an order cap the late tail is missing so the decay is
+shorter. Each room is therefore calibrated once: the RT60 of a probe RIR is measured and the absorption
+is re-derived from a corrected target until the measurement is within tolerance. Rooms are shared by
+several mixtures so this cost is paid once per room; each mixture then only computes its own RIR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyroomacoustics as pra
+from pyroomacoustics.experimental import measure_rt60 as pra_measure_rt60
+
+from sekd.errors import SekdError
+from sekd.io import SAMPLE_RATE
+
+WALL_MARGIN_M = 0.5  # source and microphone stay at least this far from every wall
+MIN_SOURCE_MIC_M = 1.0  # minimum source-microphone distance
+SOURCE_HEIGHT_M = (1.2, 1.9)  # talker mouth height, clipped to the room
+MIC_HEIGHT_M = (0.7, 1.6)  # device on a table/desk to head height, clipped to the room
+DIRECT_WINDOW_MS = 2.5  # half width of the direct-path window used for the DRR
+RT60_DECAY_DB = 20  # T20: fit -5..-25 dB of the Schroeder decay, extrapolated to 60 dB
+RT60_TOLERANCE = 0.05  # calibration stops once |measured/target - 1| is below this
+CALIBRATION_STEPS = 4  # absorption updates at most (each costs one probe RIR)
+MIN_ABSORPTION = 0.01  # floor for the calibrated absorption (keeps the ISM decaying)
+
+
+@dataclass(frozen=True)
+class Room:
+    """A calibrated shoebox room: everything needed to compute RIRs in it, picklable and small."""
+
+    room_id: str
+    dims: tuple[float, float, float]  # length, width, height in metres
+    rt60_target: float  # seconds
+    rt60_measured: float  # seconds, T20 of the calibration probe RIR
+    absorption: float  # energy absorption coefficient of all surfaces after calibration
+    max_order: int  # image-source order used for every RIR in this room
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["room_l"], row["room_w"], row["room_h"] = row.pop("dims")
+        return row
+
+
+def _uniform(rng: np.random.Generator, bounds: list[float] | tuple[float, float]) -> float:
+    low, high = bounds
+    return float(rng.uniform(low, high))
+
+
+def measure_rt60(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """RT60 by Schroeder backward integration, T20 extrapolated to 60 dB.
+
+    T20 rather than a full 60 dB fit: an image-source RIR with an order cap loses its late tail, which
+    bends the last part of the decay curve down; the -5..-25 dB range stays clear of that bend.
+    """
+    return float(pra_measure_rt60(rir, fs=sample_rate, decay_db=RT60_DECAY_DB))
+
+
+def direct_path_index(rir: np.ndarray) -> int:
+    """Sample index of the direct-path peak (the strongest tap; the direct path in a shoebox room)."""
+    return int(np.argmax(np.abs(rir)))
+
+
+def drr_db(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Direct-to-reverberant ratio: energy within +-2.5 ms of the direct peak vs all the rest."""
+    peak = direct_path_index(rir)
+    half = int(round(DIRECT_WINDOW_MS * 1e-3 * sample_rate))
+    energy = rir.astype(np.float64) ** 2
+    direct = energy[max(peak - half, 0) : peak + half + 1].sum()
+    rest = energy.sum() - direct
+    return float(10 * np.log10(direct / max(rest, 1e-20)))
+
+
+def random_positions(
+    rng: np.random.Generator, dims: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source and microphone positions >= 0.5 m from every wall and >= 1 m apart (rejection sampling)."""
+    length, width, height = dims
+    top = height - WALL_MARGIN_M
+    src_z = (min(SOURCE_HEIGHT_M[0], top), min(SOURCE_HEIGHT_M[1], top))
+    mic_z = (min(MIC_HEIGHT_M[0], top), min(MIC_HEIGHT_M[1], top))
+    low_xy = (WALL_MARGIN_M, WALL_MARGIN_M)
+    high_xy = (length - WALL_MARGIN_M, width - WALL_MARGIN_M)
+    for _ in range(1000):
+        src = np.array([*rng.uniform(low_xy, high_xy), rng.uniform(*src_z)])
+        mic = np.array([*rng.uniform(low_xy, high_xy), rng.uniform(*mic_z)])
+        if np.linalg.norm(src - mic) >= MIN_SOURCE_MIC_M:
+            return src, mic
+    raise SekdError(f"synth.room: room {dims} too small for {MIN_SOURCE_MIC_M} m source-mic distance")
+
+
+def compute_rir(
+    room: Room, source: np.ndarray, mic: np.ndarray, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Image-source RIR (float64) from ``source`` to ``mic`` in ``room``.
+
+    pyroomacoustics builds the fractional delays with several threads by default; one thread keeps the
+    result byte-identical whatever the machine (parallelism comes from the process pool instead).
+    """
+    return _rir(room.dims, room.absorption, room.max_order, source, mic, sample_rate)
+
+
+def _rir(dims, absorption, max_order, source, mic, sample_rate) -> np.ndarray:
+    pra.constants.set("num_threads", 1)
+    shoebox = pra.ShoeBox(
+        list(dims), fs=sample_rate, materials=pra.Material(absorption), max_order=max_order
+    )
+    shoebox.add_source(list(source))
+    shoebox.add_microphone(np.asarray(mic, dtype=float)[:, None])
+    shoebox.compute_rir()
+    return np.asarray(shoebox.rir[0][0], dtype=np.float64)
+
+
+def _sabine(rt60: float, dims: tuple[float, float, float]) -> tuple[float, int]:
+    try:
+        absorption, order = pra.inverse_sabine(rt60, list(dims))
+    except ValueError:  # target too short for this room: the absorption would exceed 1
+        absorption, order = 1.0, 0
+    return float(np.clip(absorption, MIN_ABSORPTION, 1.0)), int(order)
+
+
+def calibrate_room(
+    room_id: str,
+    dims: tuple[float, float, float],
+    rt60_target: float,
+    max_order_cap: int,
+    probe: tuple[np.ndarray, np.ndarray],
+    sample_rate: int = SAMPLE_RATE,
+) -> Room:
+    """Find the absorption whose probe RIR measures ``rt60_target`` (within 10%, at most 4 updates).
+
+    Fixed-point update on the target handed to inverse Sabine: target' = target' * target / measured.
+    The best candidate seen is kept, so a room that cannot reach the tolerance is still as close as
+    possible; the order is fixed per room from the uncorrected target so every RIR costs the same.
+    """
+    _, sabine_order = _sabine(rt60_target, dims)
+    max_order = max(1, min(max_order_cap, sabine_order))
+    sabine_target = rt60_target
+    best: tuple[float, float, float] | None = None  # (error, absorption, measured)
+    for _ in range(CALIBRATION_STEPS + 1):
+        absorption, _ = _sabine(sabine_target, dims)
+        measured = measure_rt60(_rir(dims, absorption, max_order, *probe, sample_rate), sample_rate)
+        error = abs(measured / rt60_target - 1.0)
+        if best is None or error < best[0]:
+            best = (error, absorption, measured)
+        if error <= RT60_TOLERANCE or measured <= 0:
+            break
+        sabine_target *= rt60_target / measured
+    _, absorption, measured = best
+    return Room(room_id, dims, rt60_target, measured, absorption, max_order)
+
+
+def draw_room(
+    rng: np.random.Generator, room_id: str, cfg: dict, sample_rate: int = SAMPLE_RATE
+) -> Room:
+    """Draw dimensions and a target RT60 from ``synth.room`` / ``synth.rt60`` and calibrate the room."""
+    room_cfg = cfg["room"]
+    dims = (
+        _uniform(rng, room_cfg["length"]),
+        _uniform(rng, room_cfg["width"]),
+        _uniform(rng, room_cfg["height"]),
+    )
+    dims = tuple(round(d, 3) for d in dims)
+    rt60_target = round(_uniform(rng, cfg["rt60"]), 4)
+    probe = random_positions(rng, dims)
+    return calibrate_room(room_id, dims, rt60_target, int(cfg["max_order"]), probe, sample_rate)

@@ -1,0 +1,127 @@
+"""Evaluate systems on a test manifest and combine them into the comparison table.
+
+A *system* is the noisy input itself or a trained model folder. Enhancement runs on the GPU when
+present; scoring runs in parallel worker processes (``sekd.metrics.evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sekd.data.manifest import read_manifest
+from sekd.errors import SekdError
+from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
+from sekd.metrics.evaluate import METRICS, score_batch, summarize
+
+log = logging.getLogger(__name__)
+
+
+def enhance_all(model_dir: Path, noisy: list[np.ndarray]) -> list[np.ndarray]:
+    """Run a trained model over utterances one at a time (no padding: exact for non-causal models)."""
+    from sekd.device import pick_device
+    from sekd.models.store import load_model
+
+    device = pick_device()
+    model = load_model(model_dir, device=device).eval()
+    out = []
+    with torch.inference_mode():
+        for x in noisy:
+            y = model(torch.from_numpy(x).to(device)[None])[0]
+            out.append(y.float().cpu().numpy())
+    return out
+
+
+def evaluate_system(
+    system: str,
+    model_dir: Path | None,
+    manifest: Path,
+    out_dir: Path,
+    options: dict,
+    workers: int = 1,
+) -> dict:
+    """Enhance (unless ``model_dir`` is None) and score every utterance of ``manifest``."""
+    from sekd.tracking import start_run
+
+    table = read_manifest(manifest)
+    if table["target"].isna().any() or (table["target"] == "").any():
+        raise SekdError(f"{manifest}: evaluation needs a target for every utterance")
+    noisy = [read_audio(p) for p in table["noisy"]]
+    references = [read_audio(p, allow_silent=True) for p in table["target"]]
+    estimates = noisy if model_dir is None else enhance_all(model_dir, noisy)
+    scores = score_batch(list(table["id"]), references, estimates, noisy, options, workers)
+    scores.insert(1, "speaker", table["speaker"].to_numpy())
+    summary = summarize(scores)
+    info: dict = {"system": system, "manifest": str(manifest), "utterances": len(table)}
+    if model_dir is not None:
+        info.update(_model_info(model_dir))
+    result = {"system": info, "metrics": summary}
+    with atomic_dir(out_dir) as tmp:
+        scores.to_csv(tmp / "per_utterance.csv", index=False, float_format="%.6g")
+        write_json(tmp / "metrics.json", result)
+        for i in range(min(options["examples"], len(table))):
+            write_audio(tmp / "examples" / f"{table['id'].iloc[i]}.wav", estimates[i])
+    with start_run("evaluate", f"evaluate/{system}", params={"system": system, **options}) as run:
+        run.log_metrics({f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]})
+        run.log_artifact(out_dir / "per_utterance.csv")
+        for wav in sorted((out_dir / "examples").glob("*.wav")):
+            run.log_artifact(wav, "audio")
+    log.info("%s: %s", system, _one_line(summary))
+    return result
+
+
+def _model_info(model_dir: Path) -> dict:
+    import yaml
+
+    meta = yaml.safe_load((model_dir / "model.yaml").read_text())
+    return {k: meta[k] for k in ("name", "params", "macs_per_second") if k in meta}
+
+
+def _one_line(summary: dict) -> str:
+    keys = ("pesq_wb", "stoi", "si_sdr", "si_sdr_i")
+    return ", ".join(f"{k} {summary[k]['mean']:.3f}" for k in keys if k in summary)
+
+
+def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
+    """Write ``metrics.json`` (for ``dvc metrics``), ``table.md`` and ``table.csv`` under ``out_dir``."""
+    rows, metrics = [], {}
+    for folder in system_dirs:
+        path = folder / "metrics.json"
+        if not path.is_file():
+            raise SekdError(f"{path}: evaluation result not found")
+        result = json.loads(path.read_text())
+        name = result["system"]["system"]
+        summary = result["metrics"]
+        metrics[name] = {k: round(v["mean"], 4) for k, v in summary.items() if v["n"]}
+        row = {"system": name, **{k: result["system"].get(k) for k in ("params", "macs_per_second")}}
+        for key in METRICS:
+            if key in summary and summary[key]["n"]:
+                row[key] = summary[key]["mean"]
+                row[f"{key}_ci95"] = summary[key]["ci95"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
+    write_text(out_dir / "table.md", markdown_table(table))
+    return table
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """Mean ± 95% CI per metric, one row per system."""
+    keys = [k for k in METRICS if k in table.columns]
+    head = ["system", "params", "MMAC/s", *keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in table.iterrows():
+        params = "" if pd.isna(row.get("params")) else f"{int(row['params']):,}"
+        macs = row.get("macs_per_second")
+        macs = "" if macs is None or pd.isna(macs) else f"{macs / 1e6:.1f}"
+        cells = [f"{row[k]:.3f} ± {row[f'{k}_ci95']:.3f}" if pd.notna(row[k]) else "" for k in keys]
+        lines.append("| " + " | ".join([row["system"], params, macs, *cells]) + " |")
+    note = "\nMean ± 95% CI (Student t) over test utterances; SI-SDR zero-mean; composite uses wb-PESQ.\n"
+    return "\n".join(lines) + "\n" + note

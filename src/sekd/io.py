@@ -1,0 +1,121 @@
+"""Atomic file output and audio I/O with input checks.
+
+Every writer goes through a temporary sibling path and an ``os.replace`` so that a crash or a bad
+input never leaves a partial file where a later step (or Snakemake/DVC) would take it as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import yaml
+from scipy.signal import resample_poly
+
+from sekd.errors import SekdError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SILENCE_PEAK = 1e-4  # peak amplitude below which a file counts as silent
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; it replaces ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_yaml(path: str | Path, obj: Any) -> None:
+    write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise SekdError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SekdError(f"{path}: invalid YAML: {err}") from None
+
+
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio as 32-bit float WAV (lossless, byte-deterministic)."""
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.asarray(audio, dtype=np.float32), sample_rate, subtype="FLOAT", format="WAV")
+
+
+def read_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, *, allow_silent: bool = False
+) -> np.ndarray:
+    """Read a file as mono float32 at ``sample_rate``.
+
+    Multi-channel files are averaged to mono and other rates are resampled (polyphase), each with a
+    logged notice; any bit depth soundfile reads is accepted. NaN/Inf samples and (unless
+    ``allow_silent``) silent files are rejected with an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SekdError(f"{path}: audio file not found")
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise SekdError(f"{path}: cannot read audio: {err}") from None
+    if audio.size == 0:
+        raise SekdError(f"{path}: empty audio file")
+    if not np.isfinite(audio).all():
+        raise SekdError(f"{path}: contains NaN or Inf samples")
+    if audio.shape[1] > 1:
+        log.info("%s: %d channels, downmixed to mono", path, audio.shape[1])
+        audio = audio.mean(axis=1, keepdims=True)
+    audio = audio[:, 0]
+    if rate != sample_rate:
+        log.info("%s: resampled from %d Hz to %d Hz", path, rate, sample_rate)
+        g = np.gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+    if not allow_silent and np.abs(audio).max() < SILENCE_PEAK:
+        raise SekdError(f"{path}: silent audio (peak below {SILENCE_PEAK})")
+    return audio

@@ -1,0 +1,38 @@
+"""Scale-invariant SDR (Le Roux et al., 2019), shared by the training losses and the metrics.
+
+``zero_mean=True`` (the default, as in Asteroid) removes each signal's mean first; torchmetrics'
+default does not. sekd reports and trains with the zero-mean form everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-8
+
+
+def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = True) -> torch.Tensor:
+    """SI-SDR in dB over the last axis; works on any leading batch shape."""
+    estimate = estimate.float()
+    reference = reference.float()
+    if zero_mean:
+        estimate = estimate - estimate.mean(dim=-1, keepdim=True)
+        reference = reference - reference.mean(dim=-1, keepdim=True)
+    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + EPS)
+    target = scale * reference
+    noise = estimate - target
+    ratio = target.pow(2).sum(-1) / (noise.pow(2).sum(-1) + EPS)
+    return 10 * torch.log10(ratio + EPS)
+
+
+def neg_si_sdr(estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = True) -> torch.Tensor:
+    """Batch-mean negative SI-SDR, the task loss of teacher and students."""
+    return -si_sdr(estimate, reference, zero_mean).mean()
+
+
+def neg_si_sdr_improvement(
+    estimate: torch.Tensor, reference: torch.Tensor, mixture: torch.Tensor, zero_mean: bool = True
+) -> torch.Tensor:
+    """Batch-mean negative SI-SDR improvement over the mixture (the personalisation paper's loss)."""
+    gain = si_sdr(estimate, reference, zero_mean) - si_sdr(mixture, reference, zero_mean)
+    return -gain.mean()

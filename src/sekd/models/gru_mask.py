@@ -1,0 +1,99 @@
+"""GRU mask network (the zero-shot personalisation paper's students and GRU teacher, methods.md §3).
+
+Signal chain: STFT (Hann, ``n_fft``/``hop``, centred) -> feature -> GRU -> Linear -> sigmoid mask that
+multiplies the *complex* STFT -> iSTFT to the input length. The feature is ``log1p|Y|`` by default
+(the paper feeds ``|Y|``; ``feature="magnitude"`` reproduces that): the log compresses the 60 dB+ range
+of speech spectra so a small GRU trains faster and is less sensitive to the input level.
+
+A unidirectional GRU makes the model causal up to the STFT window: an output sample depends on input
+samples at most ``n_fft - 1`` samples ahead (algorithmic latency = one window). The STFT and iSTFT run
+in float32 even under autocast, as half-precision FFTs are slow or unsupported for many sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sekd.errors import SekdError
+
+FEATURES = ("log1p", "magnitude")
+
+
+class GRUMaskNet(nn.Module):
+    """Complex-STFT sigmoid-mask enhancer with a (bi)directional GRU; ``forward([B, T]) -> [B, T]``."""
+
+    def __init__(
+        self,
+        hidden: int,
+        layers: int,
+        n_fft: int,
+        hop: int,
+        bidirectional: bool = False,
+        feature: str = "log1p",
+    ) -> None:
+        super().__init__()
+        if feature not in FEATURES:
+            raise SekdError(f"gru_mask conf 'feature': {feature!r} is not one of {FEATURES}")
+        if hop > n_fft:
+            raise SekdError(f"gru_mask conf 'hop': {hop} is larger than n_fft {n_fft}")
+        self.n_fft, self.hop, self.feature = n_fft, hop, feature
+        self.bins = n_fft // 2 + 1
+        self.gru = nn.GRU(
+            self.bins, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional
+        )
+        self.latent_dim = hidden * (2 if bidirectional else 1)
+        self.proj = nn.Linear(self.latent_dim, self.bins)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Xavier-normal weights and zero biases, as in the paper's ``models.py``."""
+        for name, param in self.named_parameters():
+            if "weight" in name:
+                nn.init.xavier_normal_(param)
+            else:
+                nn.init.zeros_(param)
+
+    @property
+    def causal(self) -> bool:
+        return not self.gru.bidirectional
+
+    def stft(self, wave: torch.Tensor) -> torch.Tensor:
+        """Complex STFT ``[B, F, frames]`` in float32."""
+        return torch.stft(
+            wave.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
+        )
+
+    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        return torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=length)
+
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        """Network input ``[B, frames, F]`` from the complex STFT."""
+        mag = spec.abs().transpose(1, 2)
+        return torch.log1p(mag) if self.feature == "log1p" else mag
+
+    def forward(
+        self, wave: torch.Tensor, return_latent: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Enhance ``wave`` [B, T]; with ``return_latent`` also return the GRU output [B, frames, H]."""
+        if wave.dim() != 2:
+            raise SekdError(f"GRUMaskNet expects a [batch, samples] waveform, got {tuple(wave.shape)}")
+        length = wave.shape[-1]
+        with torch.autocast(wave.device.type, enabled=False):
+            spec = self.stft(wave)
+            feats = self.features(spec)
+        latent, _ = self.gru(feats)
+        mask = torch.sigmoid(self.proj(latent)).float().transpose(1, 2)
+        with torch.autocast(wave.device.type, enabled=False):
+            enhanced = self.istft(spec * mask, length)
+        return (enhanced, latent) if return_latent else enhanced
+
+    def fft_macs(self, num_samples: int) -> float:
+        """Real MACs per ``num_samples`` for STFT + iSTFT (+ window, mask), see ``complexity``."""
+        frames = num_samples // self.hop + 1
+        fft = self.n_fft * math.log2(self.n_fft)  # one real FFT of size N ~ N log2 N real MACs
+        per_frame = 2 * fft + 2 * self.n_fft + 2 * self.bins  # fwd + inv FFT, 2 windows, mask
+        return frames * per_frame

@@ -1,0 +1,80 @@
+"""Save and load model folders: ``model.safetensors`` (weights) + ``model.yaml`` (how to rebuild).
+
+Loading never unpickles anything: the architecture comes from the YAML through the registry and the
+tensors from safetensors, so a model folder from an untrusted source cannot run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sekd.errors import SekdError
+from sekd.io import SAMPLE_RATE, atomic_path, read_yaml, write_yaml
+from sekd.models import build_model
+from sekd.models.complexity import count_parameters, macs_per_second
+
+WEIGHTS = "model.safetensors"
+SPEC = "model.yaml"
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU, contiguous, storage-independent copy of the state dict (safetensors requires it)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(
+    out_dir: str | Path, model: nn.Module, model_cfg: dict, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write weights and ``model.yaml`` (name, conf, params, MACs/s, ``extra``), each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "name": model_cfg["name"],
+        "conf": dict(model_cfg.get("conf") or {}),
+        "sample_rate": SAMPLE_RATE,
+        "params": count_parameters(model),
+        "macs_per_second": macs_per_second(model),
+    }
+    if extra:
+        spec["extra"] = extra
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state_tensors(model), str(tmp), metadata={"name": spec["name"]})
+    write_yaml(out_dir / SPEC, spec)
+    return out_dir
+
+
+def read_spec(model_dir: str | Path) -> dict:
+    spec = read_yaml(Path(model_dir) / SPEC)
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise SekdError(f"{Path(model_dir) / SPEC}: not a model spec (needs 'name' and 'conf')")
+    return spec
+
+
+def load_weights(model: nn.Module, weights: str | Path, device: str | torch.device = "cpu") -> None:
+    """Load a safetensors file into ``model`` (strict: every key must match)."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise SekdError(f"{weights}: weights file not found")
+    try:
+        tensors = load_file(str(weights), device=str(device))
+    except SafetensorError as err:
+        raise SekdError(f"{weights}: cannot read safetensors: {err}") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise SekdError(f"{weights}: weights do not match the model: {first}") from None
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from ``model.yaml`` and load its weights; returned in eval mode."""
+    spec = read_spec(model_dir)
+    model = build_model(spec["name"], spec.get("conf") or {}).to(device)
+    load_weights(model, Path(model_dir) / WEIGHTS, device)
+    return model.eval()

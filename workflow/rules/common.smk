@@ -1,0 +1,56 @@
+# Shared helpers: config validation, paths derived from params (defined once, here), and the JSON
+# config each rule hands to `sekd`.
+import json
+import os
+
+from sekd.config import validate_params
+
+validate_params(config, source="snakemake config")
+
+if config["tracking"]["uri"]:
+    os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
+os.environ.setdefault("SEKD_EXPERIMENT_PREFIX", config["tracking"]["experiment_prefix"])
+os.environ.setdefault("SEKD_ROOT", workflow.basedir)
+
+DATA = config["paths"]["data"]
+MODELS = config["paths"]["models"]
+RESULTS = config["paths"]["results"]
+CHECKPOINTS = config["paths"]["checkpoints"]
+SPLITS = ["train", "valid", "test"]
+TEACHER = f"{MODELS}/teacher/{config['teacher']['name']}"
+STUDENT_SEEDS = config["student"]["seeds"]
+
+
+def sections(*names):
+    """The JSON `--config` argument holding only these config sections (a rule's rerun trigger)."""
+    return json.dumps({name: config[name] for name in names}, sort_keys=True)
+
+
+def student_dir(method, seed):
+    return f"{MODELS}/students/{method}/{seed}"
+
+
+def systems():
+    """Evaluated systems: the noisy input, the teacher and every student, name -> model folder."""
+    found = {"noisy": None, "teacher": TEACHER}
+    found.update({f"nokd-{seed}": student_dir("nokd", seed) for seed in STUDENT_SEEDS})
+    return found
+
+
+PHASES = ["corpus", "synth", "teacher", "student", "evaluate"]
+
+
+def phase_outputs(phase):
+    """Outputs owned by each phase (= DVC stage outs)."""
+    outputs = {
+        "corpus": [f"{DATA}/corpus", f"{DATA}/noise"],
+        "synth": [*(f"{DATA}/mixtures/{split}" for split in SPLITS), f"{DATA}/personal"],
+        "teacher": [TEACHER],
+        "student": [student_dir("nokd", seed) for seed in STUDENT_SEEDS],
+        "evaluate": [
+            *(f"{RESULTS}/eval/{name}" for name in systems()),
+            *(f"{RESULTS}/{name}" for name in ("metrics.json", "table.md", "table.csv")),
+        ],
+    }
+    return outputs[phase]
+

@@ -1,0 +1,90 @@
+# Phase 1: corpus and noise (phase_corpus), then reverberant mixtures (phase_synth).
+
+
+rule corpus:
+    output:
+        directory(f"{DATA}/corpus"),
+    params:
+        cfg=sections("corpus"),
+    log:
+        "logs/corpus.log",
+    benchmark:
+        "logs/benchmarks/corpus.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd corpus --config {params.cfg:q} --out {output} --workers {threads} 2> {log}"
+
+
+rule noise:
+    input:
+        corpus=f"{DATA}/corpus",
+    output:
+        directory(f"{DATA}/noise"),
+    params:
+        cfg=sections("noise", "split"),
+    log:
+        "logs/noise.log",
+    benchmark:
+        "logs/benchmarks/noise.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd noise --config {params.cfg:q} --corpus {input.corpus} --out {output}"
+        " --workers {threads} 2> {log}"
+
+
+rule synth:
+    input:
+        corpus=f"{DATA}/corpus",
+        noise=f"{DATA}/noise",
+    output:
+        directory(f"{DATA}/mixtures/{{split}}"),
+    wildcard_constraints:
+        split="train|valid|test",
+    params:
+        cfg=sections("synth", "split"),
+    log:
+        "logs/synth/{split}.log",
+    benchmark:
+        "logs/benchmarks/synth/{split}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd synth --config {params.cfg:q} --split {wildcards.split}"
+        " --corpus {input.corpus} --noise {input.noise} --out {output} --workers {threads} 2> {log}"
+
+
+rule synth_personal:
+    input:
+        corpus=f"{DATA}/corpus",
+        noise=f"{DATA}/noise",
+    output:
+        directory(f"{DATA}/personal"),
+    params:
+        cfg=sections("synth", "split"),
+    log:
+        "logs/synth/personal.log",
+    benchmark:
+        "logs/benchmarks/synth/personal.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd synth --config {params.cfg:q} --split personal"
+        " --corpus {input.corpus} --noise {input.noise} --out {output} --workers {threads} 2> {log}"

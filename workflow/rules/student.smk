@@ -1,0 +1,29 @@
+# Phase 3 (baseline): the no-KD student, trained on the task loss only, one job per seed. It is the
+# reference every distillation method is compared against.
+
+
+rule train_student_nokd:
+    input:
+        train=f"{DATA}/mixtures/train",
+        valid=f"{DATA}/mixtures/valid",
+    output:
+        directory(student_dir("nokd", "{seed}")),
+    params:
+        cfg=sections("student"),
+        checkpoints=f"{CHECKPOINTS}/students/nokd/{{seed}}",
+    log:
+        "logs/train_student_nokd/{seed}.log",
+    benchmark:
+        "logs/benchmarks/train_student_nokd/{seed}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=360,
+        gpu=1,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd train --config {params.cfg:q} --role student"
+        " --seed {wildcards.seed} --train {input.train}/manifest.csv --valid {input.valid}/manifest.csv"
+        " --out {output} --checkpoints {params.checkpoints} --threads {threads}"
+        " --phase student --run-name student/nokd/seed{wildcards.seed} 2> {log}"
