@@ -1,6 +1,6 @@
 """Device, mixed-precision, thread and seed helpers shared by training, adaptation and evaluation.
 
-One place decides where tensors live so that a job on a GPU node and the same job on a laptop run the
+One place decides where tensors live, so a job on a GPU node and the same job on a laptop run the
 same code: CUDA when present (``SEKD_DEVICE`` overrides, e.g. ``cpu`` to keep a GPU free), else CPU.
 """
 

@@ -5,12 +5,12 @@ subprocess is needed. Two properties of the library shape this module:
 
 * It is process-global C state (one voice, one callback), so calls are serialised with a lock and
   each process sets itself up lazily on first use: safe in process-pool workers.
-* It is *not* repeatable across calls in one process: the wave generator keeps static state between
-  utterances (pitch-flutter index, gain control, echo buffer) that no API call resets, and its breath
-  noise draws from libc ``rand()``. So every call loads a private copy of the library afresh, seeds
-  both random generators, synthesises, and unloads it again (``dlclose``), which restores the
-  library's static data. Loading takes a few milliseconds; the gain is that the same text, voice and
-  settings always give bit-identical samples, whatever ran before and in whichever process.
+* It is *not* repeatable across calls in one process: the wave generator keeps static state
+  between utterances (pitch-flutter index, gain control, echo buffer) that no API call resets, and
+  its breath noise draws from libc ``rand()``. So every call loads a private copy of the library
+  afresh, seeds both random generators, synthesises, and unloads it again (``dlclose``), which
+  restores the library's static data. Loading takes a few milliseconds; the gain is that the same
+  text, voice and settings always give bit-identical samples, whatever ran before, in any process.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def _loader_paths() -> tuple[Path, Path]:
     try:
         import espeakng_loader
     except ImportError:
-        raise SekdError("espeakng-loader: package not installed (needed for the demo corpus)") from None
+        raise SekdError(
+            "espeakng-loader: package not installed (needed for the demo corpus)"
+        ) from None
     return Path(espeakng_loader.get_library_path()), Path(espeakng_loader.get_data_path())
 
 
@@ -136,7 +138,9 @@ class _Engine:
             self.libc.srand(_RAND_SEED)
             data = text.encode("utf-8") + b"\0"
             self.chunks = []
-            status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            status = lib.espeak_Synth(
+                data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            )
             lib.espeak_Synchronize()
             if status != 0:
                 raise SekdError(f"eSpeak failed (status {status}) on text {text[:40]!r}")
@@ -152,7 +156,7 @@ _lock = threading.Lock()
 
 
 def _get_engine() -> _Engine:
-    """The engine of *this* process: a forked child builds its own instead of sharing the parent's."""
+    """The engine of *this* process: a forked child builds its own, not sharing the parent's."""
     global _engine, _engine_pid
     if _engine is None or _engine_pid != os.getpid():
         _engine, _engine_pid = _Engine(), os.getpid()

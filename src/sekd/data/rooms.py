@@ -3,9 +3,10 @@
 Inverse Sabine gives an absorption for a target RT60, but the image-source RIR it produces does not
 measure at that RT60: with a high image order the decay is longer than Sabine predicts (0.6 s target
 measured 0.78 s in a 6x5x3 m room), and with an order cap the late tail is missing so the decay is
-shorter. Each room is therefore calibrated once: the RT60 of a probe RIR is measured and the absorption
-is re-derived from a corrected target until the measurement is within tolerance. Rooms are shared by
-several mixtures so this cost is paid once per room; each mixture then only computes its own RIR.
+shorter. Each room is therefore calibrated once: the RT60 of probe RIRs is measured and the
+absorption is re-derived from a corrected target until the measurement is within tolerance. Rooms
+are shared by several mixtures so this cost is paid once per room; each mixture only computes its
+own RIR.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ MIC_HEIGHT_M = (0.7, 1.6)  # device on a table/desk to head height, clipped to t
 DIRECT_WINDOW_MS = 2.5  # half width of the direct-path window used for the DRR
 RT60_DECAY_DB = 20  # T20: fit -5..-25 dB of the Schroeder decay, extrapolated to 60 dB
 RT60_TOLERANCE = 0.05  # calibration stops once |measured/target - 1| is below this
-CALIBRATION_STEPS = 4  # absorption updates at most (each costs one probe RIR)
+CALIBRATION_STEPS = 4  # absorption updates at most (each costs one RIR per probe)
+CALIBRATION_PROBES = 3  # source-mic pairs whose median RT60 calibrates a room
 MIN_ABSORPTION = 0.01  # floor for the calibrated absorption (keeps the ISM decaying)
 
 
@@ -37,7 +39,7 @@ class Room:
     room_id: str
     dims: tuple[float, float, float]  # length, width, height in metres
     rt60_target: float  # seconds
-    rt60_measured: float  # seconds, T20 of the calibration probe RIR
+    rt60_measured: float  # seconds, median T20 of the calibration probe RIRs
     absorption: float  # energy absorption coefficient of all surfaces after calibration
     max_order: int  # image-source order used for every RIR in this room
 
@@ -55,14 +57,14 @@ def _uniform(rng: np.random.Generator, bounds: list[float] | tuple[float, float]
 def measure_rt60(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """RT60 by Schroeder backward integration, T20 extrapolated to 60 dB.
 
-    T20 rather than a full 60 dB fit: an image-source RIR with an order cap loses its late tail, which
-    bends the last part of the decay curve down; the -5..-25 dB range stays clear of that bend.
+    T20 rather than a full 60 dB fit: an image-source RIR with an order cap loses its late tail,
+    which bends the end of the decay curve down; the -5..-25 dB range stays clear of that bend.
     """
     return float(pra_measure_rt60(rir, fs=sample_rate, decay_db=RT60_DECAY_DB))
 
 
 def direct_path_index(rir: np.ndarray) -> int:
-    """Sample index of the direct-path peak (the strongest tap; the direct path in a shoebox room)."""
+    """Sample index of the direct-path peak (in a shoebox room the strongest tap)."""
     return int(np.argmax(np.abs(rir)))
 
 
@@ -79,7 +81,7 @@ def drr_db(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
 def random_positions(
     rng: np.random.Generator, dims: tuple[float, float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Source and microphone positions >= 0.5 m from every wall and >= 1 m apart (rejection sampling)."""
+    """Source and microphone >= 0.5 m from every wall and >= 1 m apart (rejection sampling)."""
     length, width, height = dims
     top = height - WALL_MARGIN_M
     src_z = (min(SOURCE_HEIGHT_M[0], top), min(SOURCE_HEIGHT_M[1], top))
@@ -91,7 +93,7 @@ def random_positions(
         mic = np.array([*rng.uniform(low_xy, high_xy), rng.uniform(*mic_z)])
         if np.linalg.norm(src - mic) >= MIN_SOURCE_MIC_M:
             return src, mic
-    raise SekdError(f"synth.room: room {dims} too small for {MIN_SOURCE_MIC_M} m source-mic distance")
+    raise SekdError(f"synth.room: room {dims} too small for a {MIN_SOURCE_MIC_M} m source-mic gap")
 
 
 def compute_rir(
@@ -99,8 +101,8 @@ def compute_rir(
 ) -> np.ndarray:
     """Image-source RIR (float64) from ``source`` to ``mic`` in ``room``.
 
-    pyroomacoustics builds the fractional delays with several threads by default; one thread keeps the
-    result byte-identical whatever the machine (parallelism comes from the process pool instead).
+    pyroomacoustics builds the fractional delays with several threads by default; one thread keeps
+    the result byte-identical whatever the machine (parallelism comes from the process pool).
     """
     return _rir(room.dims, room.absorption, room.max_order, source, mic, sample_rate)
 
@@ -129,14 +131,16 @@ def calibrate_room(
     dims: tuple[float, float, float],
     rt60_target: float,
     max_order_cap: int,
-    probe: tuple[np.ndarray, np.ndarray],
+    probes: list[tuple[np.ndarray, np.ndarray]],
     sample_rate: int = SAMPLE_RATE,
 ) -> Room:
-    """Find the absorption whose probe RIR measures ``rt60_target`` (within 10%, at most 4 updates).
+    """Find the absorption whose probe RIRs measure ``rt60_target`` (median within 5%).
 
-    Fixed-point update on the target handed to inverse Sabine: target' = target' * target / measured.
+    Fixed-point update of the RT60 handed to inverse Sabine: sabine *= target / measured (at most
+    4 updates).
     The best candidate seen is kept, so a room that cannot reach the tolerance is still as close as
     possible; the order is fixed per room from the uncorrected target so every RIR costs the same.
+    Several probe positions, because the measured RT60 varies by about +-10% with position.
     """
     _, sabine_order = _sabine(rt60_target, dims)
     max_order = max(1, min(max_order_cap, sabine_order))
@@ -144,7 +148,8 @@ def calibrate_room(
     best: tuple[float, float, float] | None = None  # (error, absorption, measured)
     for _ in range(CALIBRATION_STEPS + 1):
         absorption, _ = _sabine(sabine_target, dims)
-        measured = measure_rt60(_rir(dims, absorption, max_order, *probe, sample_rate), sample_rate)
+        rirs = [_rir(dims, absorption, max_order, src, mic, sample_rate) for src, mic in probes]
+        measured = float(np.median([measure_rt60(rir, sample_rate) for rir in rirs]))
         error = abs(measured / rt60_target - 1.0)
         if best is None or error < best[0]:
             best = (error, absorption, measured)
@@ -158,7 +163,7 @@ def calibrate_room(
 def draw_room(
     rng: np.random.Generator, room_id: str, cfg: dict, sample_rate: int = SAMPLE_RATE
 ) -> Room:
-    """Draw dimensions and a target RT60 from ``synth.room`` / ``synth.rt60`` and calibrate the room."""
+    """Draw dimensions and a target RT60 (``synth.room``, ``synth.rt60``) and calibrate the room."""
     room_cfg = cfg["room"]
     dims = (
         _uniform(rng, room_cfg["length"]),
@@ -167,5 +172,5 @@ def draw_room(
     )
     dims = tuple(round(d, 3) for d in dims)
     rt60_target = round(_uniform(rng, cfg["rt60"]), 4)
-    probe = random_positions(rng, dims)
-    return calibrate_room(room_id, dims, rt60_target, int(cfg["max_order"]), probe, sample_rate)
+    probes = [random_positions(rng, dims) for _ in range(CALIBRATION_PROBES)]
+    return calibrate_room(room_id, dims, rt60_target, int(cfg["max_order"]), probes, sample_rate)

@@ -1,4 +1,4 @@
-"""Model registry: every model is built from ``{"name": ..., "conf": {...}}`` as written in params.yaml.
+"""Model registry: every model is built from ``{"name": ..., "conf": {...}}`` as in params.yaml.
 
 All models map a 16 kHz waveform batch [B, T] to an enhanced waveform [B, T] and accept
 ``return_latent=True`` to also return an intermediate representation for feature distillation.
@@ -31,12 +31,14 @@ def conf_keys(name: str) -> tuple[list[str], list[str]]:
 
 def _factory(name: str) -> Callable[..., nn.Module]:
     if name not in MODELS:
-        raise SekdError(f"model name '{name}': unknown model; known models: {', '.join(sorted(MODELS))}")
+        raise SekdError(
+            f"model name '{name}': unknown model; known models: {', '.join(sorted(MODELS))}"
+        )
     return MODELS[name]
 
 
 def build_model(name: str, conf: dict | None = None) -> nn.Module:
-    """Instantiate model ``name`` with ``conf``; unknown names or keys raise a one-line SekdError."""
+    """Instantiate model ``name`` with ``conf``; unknown names or keys raise a SekdError."""
     conf = dict(conf or {})
     required, optional = conf_keys(name)
     unknown = sorted(set(conf) - set(required) - set(optional))

@@ -37,7 +37,7 @@ class GlobalLayerNorm(nn.Module):
 
 
 class CumulativeLayerNorm(nn.Module):
-    """cLN: statistics over channels and frames ``<= t`` (causal), vectorised with cumulative sums."""
+    """cLN: statistics over channels and frames ``<= t`` (causal), vectorised with cumsum."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ def _norm(channels: int, causal: bool) -> nn.Module:
 
 
 class TemporalBlock(nn.Module):
-    """1x1 conv B->H, PReLU, norm, dilated depthwise conv, PReLU, norm; residual and skip 1x1 H->B."""
+    """1x1 conv B->H, PReLU, norm, dilated depthwise conv, PReLU, norm; residual/skip 1x1 H->B."""
 
     def __init__(self, B: int, H: int, P: int, dilation: int, causal: bool) -> None:
         super().__init__()
@@ -118,7 +118,9 @@ class ConvTasNet(nn.Module):
         """Enhance ``wave`` [B, T]; with ``return_latent`` also return the summed skip path
         [B, B_channels, frames] (the separator's last hidden representation, for feature KD)."""
         if wave.dim() != 2:
-            raise SekdError(f"ConvTasNet expects a [batch, samples] waveform, got {tuple(wave.shape)}")
+            raise SekdError(
+                f"ConvTasNet expects a [batch, samples] waveform, got {tuple(wave.shape)}"
+            )
         length = wave.shape[-1]
         # Pad so that the frames tile the signal exactly: L/2 on each side plus the remainder.
         extra = (self.stride - length % self.stride) % self.stride

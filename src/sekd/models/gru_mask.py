@@ -1,13 +1,14 @@
 """GRU mask network (the zero-shot personalisation paper's students and GRU teacher, methods.md §3).
 
-Signal chain: STFT (Hann, ``n_fft``/``hop``, centred) -> feature -> GRU -> Linear -> sigmoid mask that
-multiplies the *complex* STFT -> iSTFT to the input length. The feature is ``log1p|Y|`` by default
-(the paper feeds ``|Y|``; ``feature="magnitude"`` reproduces that): the log compresses the 60 dB+ range
-of speech spectra so a small GRU trains faster and is less sensitive to the input level.
+Signal chain: STFT (Hann, ``n_fft``/``hop``, centred) -> feature -> GRU -> Linear -> sigmoid mask
+that multiplies the *complex* STFT -> iSTFT to the input length. The feature is ``log1p|Y|`` by
+default (the paper feeds ``|Y|``; ``feature="magnitude"`` reproduces that): the log compresses the
+60 dB+ range of speech spectra, so a small GRU trains faster and is less sensitive to input level.
 
-A unidirectional GRU makes the model causal up to the STFT window: an output sample depends on input
-samples at most ``n_fft - 1`` samples ahead (algorithmic latency = one window). The STFT and iSTFT run
-in float32 even under autocast, as half-precision FFTs are slow or unsupported for many sizes.
+A unidirectional GRU makes the model causal up to the STFT window: an output sample depends on
+input samples at most ``n_fft - 1`` samples ahead (algorithmic latency = one window). STFT and
+iSTFT run in float32 even under autocast: half-precision FFTs are slow or unsupported
+for many sizes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ FEATURES = ("log1p", "magnitude")
 
 
 class GRUMaskNet(nn.Module):
-    """Complex-STFT sigmoid-mask enhancer with a (bi)directional GRU; ``forward([B, T]) -> [B, T]``."""
+    """Complex-STFT sigmoid-mask enhancer with a (bi)directional GRU: ``[B, T] -> [B, T]``."""
 
     def __init__(
         self,
@@ -68,7 +69,9 @@ class GRUMaskNet(nn.Module):
         )
 
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        return torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=length)
+        return torch.istft(
+            spec, self.n_fft, self.hop, window=self.window, center=True, length=length
+        )
 
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         """Network input ``[B, frames, F]`` from the complex STFT."""
@@ -78,9 +81,11 @@ class GRUMaskNet(nn.Module):
     def forward(
         self, wave: torch.Tensor, return_latent: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Enhance ``wave`` [B, T]; with ``return_latent`` also return the GRU output [B, frames, H]."""
+        """Enhance ``wave`` [B, T]; ``return_latent`` adds the GRU output [B, frames, H]."""
         if wave.dim() != 2:
-            raise SekdError(f"GRUMaskNet expects a [batch, samples] waveform, got {tuple(wave.shape)}")
+            raise SekdError(
+                f"GRUMaskNet expects a [batch, samples] waveform, got {tuple(wave.shape)}"
+            )
         length = wave.shape[-1]
         with torch.autocast(wave.device.type, enabled=False):
             spec = self.stft(wave)

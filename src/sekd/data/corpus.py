@@ -1,0 +1,376 @@
+"""Speech corpora: the offline demo corpus (eSpeak NG speakers) and a reader for real corpora.
+
+Both write the same index into the corpus folder, which later steps read through
+:func:`load_utterances`:
+
+* ``utterances.csv``: ``speaker, utterance, path, seconds, text``; ``path`` is relative to the
+  corpus folder for the demo (the audio lives there) and absolute for a real corpus (never copied).
+* ``speakers.csv``: one row per speaker with how it was made or where it was found.
+
+The speaker split (:func:`assign_speakers`) is speaker-disjoint; the babble speakers are held out to
+build babble noise only, so no test voice ever appears as interference in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from sekd.data import parallel_map
+from sekd.data.espeak import Voice, synthesize
+from sekd.errors import SekdError
+from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, write_audio
+
+log = logging.getLogger(__name__)
+
+UTTERANCES_CSV = "utterances.csv"
+SPEAKERS_CSV = "speakers.csv"
+UTTERANCE_COLUMNS = ["speaker", "utterance", "path", "seconds", "text"]
+SPLITS = ("train", "valid", "test", "babble")
+
+# Demo speakers: timbre = accent x variant; prosody = pitch x rate x pitch range (eSpeak's scales).
+ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
+PITCHES = tuple(range(30, 71, 5))
+RATES = tuple(range(140, 201, 10))
+PITCH_RANGES = tuple(range(30, 81, 10))
+
+PEAK = 0.5  # demo utterances are peak-normalised to this
+KEEP_SILENCE_S = 0.1  # silence kept before and after speech when trimming
+SILENCE_DB = -40.0  # samples this far below the peak count as silence
+
+
+def speaker_voices(n: int, seed: int) -> list[Voice]:
+    """``n`` distinct eSpeak speakers, drawn deterministically from ``seed``.
+
+    Timbres (accent x voice variant) are used before any repeats, alternating female and male
+    while both last; every speaker also gets its own pitch, rate and pitch range, so even speakers
+    sharing a timbre sound different.
+    """
+    if n < 1:
+        raise SekdError(f"corpus.demo.speakers: must be at least 1, got {n}")
+    rng = np.random.default_rng([seed, 0])
+    males = [f"{a}+{v}" for a in ACCENTS for v in MALE_VARIANTS]
+    females = [f"{a}+{v}" for a in ACCENTS for v in FEMALE_VARIANTS]
+    males = [males[i] for i in rng.permutation(len(males))]
+    females = [females[i] for i in rng.permutation(len(females))]
+    timbres = [t for pair in zip(females, males, strict=False) for t in pair]
+    timbres += males[len(females) :]
+    if n > len(timbres) * len(PITCHES) * len(RATES) * len(PITCH_RANGES):
+        raise SekdError(
+            f"corpus.demo.speakers: {n} is more distinct voices than eSpeak offers here"
+        )
+    voices: list[Voice] = []
+    for i in range(n):
+        while True:
+            voice = Voice(
+                name=timbres[i % len(timbres)],
+                pitch=int(rng.choice(PITCHES)),
+                rate=int(rng.choice(RATES)),
+                pitch_range=int(rng.choice(PITCH_RANGES)),
+            )
+            if voice not in voices:
+                break
+        voices.append(voice)
+    return voices
+
+
+def speaker_names(n: int) -> list[str]:
+    """Short, sortable, filesystem-safe names: s00, s01, ... (wider past 100 speakers)."""
+    width = max(2, len(str(n - 1)))
+    return [f"s{i:0{width}d}" for i in range(n)]
+
+
+def word_list() -> list[str]:
+    """The built-in vocabulary of the demo sentences (``words.txt`` in this package)."""
+    text = resources.files("sekd.data").joinpath("words.txt").read_text()
+    return [w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#")]
+
+
+def random_sentences(count: int, words: tuple[int, int], rng: np.random.Generator) -> list[str]:
+    """``count`` sentences of ``words[0]``..``words[1]`` random words from :func:`word_list`."""
+    vocabulary = np.array(word_list())
+    lengths = rng.integers(words[0], words[1] + 1, size=count)
+    sentences = []
+    for length in lengths:
+        text = " ".join(rng.choice(vocabulary, size=int(length)))
+        sentences.append(text[0].upper() + text[1:] + ".")
+    return sentences
+
+
+def trim_silence(audio: np.ndarray, keep_s: float = KEEP_SILENCE_S) -> np.ndarray:
+    """Cut leading/trailing silence (``SILENCE_DB`` under the peak), keep ``keep_s`` each side."""
+    peak = np.abs(audio).max(initial=0.0)
+    loud = np.flatnonzero(np.abs(audio) > peak * 10 ** (SILENCE_DB / 20))
+    if loud.size == 0:
+        return audio
+    keep = int(round(keep_s * SAMPLE_RATE))
+    return audio[max(loud[0] - keep, 0) : loud[-1] + 1 + keep]
+
+
+def _render_utterance(task: tuple[Path, str, Voice]) -> float:
+    """Synthesise, trim, normalise and write one demo utterance; its duration in seconds."""
+    path, text, voice = task
+    audio = trim_silence(synthesize(text, voice))
+    peak = np.abs(audio).max(initial=0.0)
+    if peak < 1e-3:
+        raise SekdError(f"{path}: eSpeak produced silence for voice {voice.name} and {text!r}")
+    write_audio(path, (audio * (PEAK / peak)).astype(np.float32))
+    return len(audio) / SAMPLE_RATE
+
+
+def make_demo_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame:
+    """Build the demo corpus (``cfg`` is ``params['corpus']``) into ``out_dir``, atomically.
+
+    The voices and sentences are drawn in this process from ``corpus.demo.seed``; each utterance is
+    then rendered independently, so the files are byte-identical whatever ``workers`` is.
+    """
+    demo = cfg["demo"]
+    out_dir = Path(out_dir)
+    voices = speaker_voices(demo["speakers"], demo["seed"])
+    names = speaker_names(len(voices))
+    per_speaker = demo["utterances_per_speaker"]
+    texts = random_sentences(
+        len(voices) * per_speaker, tuple(demo["words"]), np.random.default_rng([demo["seed"], 1])
+    )
+    rows = [
+        {"speaker": name, "utterance": f"{name}_{j:03d}", "path": f"{name}/{name}_{j:03d}.wav"}
+        for name in names
+        for j in range(per_speaker)
+    ]
+    for row, text in zip(rows, texts, strict=True):
+        row["text"] = text
+    voice_of = dict(zip(names, voices, strict=True))
+    log.info(
+        "corpus: synthesising %d speakers x %d utterances with eSpeak NG (%d workers)",
+        len(voices),
+        per_speaker,
+        workers,
+    )
+    with atomic_dir(out_dir) as tmp:
+        tasks = [(tmp / r["path"], r["text"], voice_of[r["speaker"]]) for r in rows]
+        for row, seconds in zip(rows, parallel_map(_render_utterance, tasks, workers), strict=True):
+            row["seconds"] = seconds
+        utterances = pd.DataFrame(rows, columns=UTTERANCE_COLUMNS)
+        speakers = pd.DataFrame(
+            {
+                "speaker": names,
+                "voice": [v.name for v in voices],
+                "gender": ["female" if "+f" in v.name else "male" for v in voices],
+                "pitch": [v.pitch for v in voices],
+                "rate": [v.rate for v in voices],
+                "pitch_range": [v.pitch_range for v in voices],
+            }
+        )
+        _write_index(tmp, utterances, speakers)
+    log.info(
+        "corpus: wrote %d utterances (%.1f min) to %s",
+        len(utterances),
+        utterances["seconds"].sum() / 60,
+        out_dir,
+    )
+    return load_utterances(out_dir)
+
+
+def _with_totals(speakers: pd.DataFrame, utterances: pd.DataFrame) -> pd.DataFrame:
+    totals = utterances.groupby("speaker")["seconds"].agg(utterances="count", seconds="sum")
+    return speakers.join(totals, on="speaker")
+
+
+def _write_index(folder: Path, utterances: pd.DataFrame, speakers: pd.DataFrame) -> None:
+    utterances.to_csv(folder / UTTERANCES_CSV, index=False)
+    _with_totals(speakers, utterances).to_csv(folder / SPEAKERS_CSV, index=False)
+
+
+def safe_name(name: str) -> str:
+    """A file and folder name made of ``[A-Za-z0-9_.-]`` only (other characters become ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
+def find_audio(root: Path, extensions: list[str], key: str) -> list[Path]:
+    """All audio files below ``root`` (sorted); ``key`` names the config entry in errors."""
+    if root is None:
+        raise SekdError(f"{key}: not set (needed when the source is 'folder')")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SekdError(f"{key}: folder {root} not found")
+    suffixes = {"." + e.lower().lstrip(".") for e in extensions}
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        raise SekdError(f"{key}: no {'/'.join(sorted(suffixes))} files below {root}")
+    return files
+
+
+def _speaker_of(path: Path, root: Path) -> str:
+    """Speaker folder (any depth below it), or the ``<speaker>_`` prefix of files lying in root."""
+    relative = path.relative_to(root)
+    if len(relative.parts) > 1:
+        return safe_name(relative.parts[0])
+    if "_" not in path.stem:
+        raise SekdError(
+            f"{path}: file directly in corpus.folder.root needs a '<speaker>_' name prefix "
+            "(or put files in one folder per speaker)"
+        )
+    return safe_name(path.stem.split("_")[0])
+
+
+def _speaker_folder(path: Path, root: Path) -> Path:
+    return root if path.parent == root else root / path.relative_to(root).parts[0]
+
+
+def _stable_order(path: Path, root: Path) -> str:
+    """A sort key that spreads a capped selection over chapters yet never depends on other files."""
+    return hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()
+
+
+def probe_audio(path: Path) -> tuple[float, str]:
+    """Validate one file with :func:`read_audio`; its seconds at 16 kHz and its stored format."""
+    seconds = len(read_audio(path)) / SAMPLE_RATE
+    info = sf.info(path)
+    return seconds, f"{info.samplerate} Hz, {info.channels} ch, {info.subtype}"
+
+
+def log_formats(formats: list[str], paths: list[Path], what: str) -> None:
+    """One notice per stored format that ``read_audio`` converts (downmix, resample)."""
+    counts = Counter(formats)
+    example = dict(zip(formats, paths, strict=True))
+    for fmt, count in sorted(counts.items()):
+        if fmt.startswith(f"{SAMPLE_RATE} Hz, 1 ch"):
+            log.info("%s: %d files are %s", what, count, fmt)
+        else:
+            log.info(
+                "%s: %d files are %s (e.g. %s): accepted, read as %d Hz mono",
+                what,
+                count,
+                fmt,
+                example[fmt],
+                SAMPLE_RATE,
+            )
+
+
+def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame:
+    """Index a real corpus laid out as speaker folders (``cfg`` is ``params['corpus']``).
+
+    Speaker = first folder below ``corpus.folder.root`` (LibriSpeech ``spk/chapter/*.flac``,
+    VCTK ``wav48/p225/*.wav`` with root ``wav48``), or the ``<speaker>_`` prefix of files lying
+    directly in the root (VoiceBank-DEMAND ``clean_trainset_wav/p226_001.wav``). Every kept file is
+    read once to validate it; the index stores absolute paths and no audio is copied.
+    """
+    folder = cfg["folder"]
+    root = Path(folder["root"]).expanduser().resolve() if folder["root"] else None
+    files = find_audio(root, folder["extensions"], "corpus.folder.root")
+    by_speaker: dict[str, list[Path]] = {}
+    for path in files:
+        by_speaker.setdefault(_speaker_of(path, root), []).append(path)
+    minimum, cap = folder["min_utterances"], folder["max_utterances"]
+    dropped = sorted(s for s, paths in by_speaker.items() if len(paths) < minimum)
+    if dropped:
+        log.info("corpus: dropped %d speakers with < %d files: %s", len(dropped), minimum, dropped)
+    kept = {s: paths for s, paths in sorted(by_speaker.items()) if len(paths) >= minimum}
+    if not kept:
+        raise SekdError(
+            f"corpus.folder.min_utterances: no speaker below {root} has {minimum} or more files"
+        )
+    if cap is not None:
+        kept = {
+            s: sorted(sorted(paths, key=lambda p: _stable_order(p, root))[:cap])
+            for s, paths in kept.items()
+        }
+    rows = [{"speaker": s, "path": p} for s, paths in kept.items() for p in paths]
+    paths = [r["path"] for r in rows]
+    log.info("corpus: validating %d files of %d speakers in %s", len(rows), len(kept), root)
+    probes = parallel_map(probe_audio, paths, workers)
+    log_formats([fmt for _, fmt in probes], paths, "corpus")
+    stems = Counter(p.stem for p in paths)
+    for row, (seconds, _) in zip(rows, probes, strict=True):
+        path = row["path"]
+        unique = path.stem if stems[path.stem] == 1 else path.relative_to(root).with_suffix("")
+        row.update(
+            utterance=safe_name(str(unique).replace("/", "_")),
+            path=str(path),
+            seconds=seconds,
+            text="",
+        )
+    utterances = pd.DataFrame(rows, columns=UTTERANCE_COLUMNS)
+    speakers = pd.DataFrame(
+        {"speaker": list(kept), "folder": [str(_speaker_folder(p[0], root)) for p in kept.values()]}
+    )
+    with atomic_dir(out_dir) as tmp:
+        _write_index(tmp, utterances, speakers)
+    log.info(
+        "corpus: indexed %d utterances (%.1f h) of %d speakers into %s",
+        len(utterances),
+        utterances["seconds"].sum() / 3600,
+        len(kept),
+        out_dir,
+    )
+    return load_utterances(out_dir)
+
+
+def build_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame:
+    """The ``sekd corpus`` step: build or index the corpus named by ``corpus.source``."""
+    source = cfg["source"]
+    if source == "demo":
+        return make_demo_corpus(cfg, out_dir, workers)
+    if source == "folder":
+        return scan_folder_corpus(cfg, out_dir, workers)
+    raise SekdError(f"corpus.source: unknown source '{source}' (demo or folder)")
+
+
+def load_utterances(corpus_dir: Path) -> pd.DataFrame:
+    """The corpus index with ``path`` made absolute; speaker and utterance ids stay strings."""
+    corpus_dir = Path(corpus_dir)
+    csv = corpus_dir / UTTERANCES_CSV
+    if not csv.is_file():
+        raise SekdError(f"{csv}: corpus index not found (run `sekd corpus` first)")
+    text_columns = {c: str for c in ("speaker", "utterance", "path", "text")}
+    df = pd.read_csv(csv, dtype=text_columns, keep_default_na=False)
+    missing = [c for c in UTTERANCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise SekdError(f"{csv}: missing columns {missing}")
+    df["path"] = [str((corpus_dir / p).resolve()) for p in df["path"]]
+    df["seconds"] = df["seconds"].astype(float)
+    return df
+
+
+def load_speakers(corpus_dir: Path) -> pd.DataFrame:
+    """The per-speaker table written next to the utterance index."""
+    csv = Path(corpus_dir) / SPEAKERS_CSV
+    if not csv.is_file():
+        raise SekdError(f"{csv}: speaker table not found (run `sekd corpus` first)")
+    return pd.read_csv(csv, dtype={"speaker": str}, keep_default_na=False)
+
+
+def assign_speakers(speakers: list[str], split_cfg: dict) -> dict[str, list[str]]:
+    """Speaker-disjoint split into train/valid/test/babble (``split_cfg`` is ``params['split']``).
+
+    The speakers are shuffled with ``split.seed`` and dealt out in that order; speakers beyond the
+    requested counts are left unused (logged).
+    """
+    pool = sorted(set(speakers))
+    counts = {name: int(split_cfg[name]) for name in SPLITS}
+    needed = sum(counts.values())
+    if needed > len(pool):
+        detail = " + ".join(f"{name} {n}" for name, n in counts.items())
+        raise SekdError(f"split: needs {needed} speakers ({detail}) but the corpus has {len(pool)}")
+    order = [pool[i] for i in np.random.default_rng(split_cfg["seed"]).permutation(len(pool))]
+    split, start = {}, 0
+    for name in SPLITS:
+        split[name] = sorted(order[start : start + counts[name]])
+        start += counts[name]
+    if start < len(pool):
+        log.info("split: %d of %d speakers unused", len(pool) - start, len(pool))
+    return split

@@ -1,0 +1,222 @@
+"""Score utterances with every metric, in parallel worker processes, and summarise the scores.
+
+A metric that is undefined for an utterance (silent reference, too little speech for STOI, a PESQ
+error) is NaN in that row and named in its ``note`` column; ``summarize`` leaves such rows out and
+counts them, so a sentinel such as PESQ's -1 or STOI's 1e-5 can never enter an average.
+
+The pool uses the ``spawn`` start method (safe next to torch and onnxruntime threads, and the
+same on every OS). Each worker runs every library single-threaded: the parallelism is across
+utterances, and one thread per process avoids oversubscribing the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sekd.errors import SekdError
+from sekd.io import SAMPLE_RATE, SILENCE_PEAK, read_audio
+from sekd.metrics import METRIC_KEYS, InvalidScoreError
+from sekd.metrics.composite import composite
+from sekd.metrics.pesq_metric import pesq_score
+from sekd.metrics.sisdr import si_sdr_scores
+from sekd.metrics.stoi_metric import stoi_scores
+
+Audio = np.ndarray | str | Path
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+_CHUNKS_PER_WORKER = 4  # several chunks per worker balance the load; few keep IPC overhead low
+
+
+def metric_keys(options: Mapping) -> list[str]:
+    """The metric columns the ``evaluate`` options switch on, in the canonical order."""
+    off = set()
+    if not options.get("pesq_nb", True):
+        off.add("pesq_nb")
+    if not options.get("composite", True):
+        off |= {"csig", "cbak", "covl"}
+    if not options.get("dnsmos", True):
+        off |= {k for k in METRIC_KEYS if k.startswith("dnsmos_")}
+    return [k for k in METRIC_KEYS if k not in off]
+
+
+def _collect(row: dict, notes: list[str], compute: Callable[[], dict]) -> None:
+    """Merge one metric's values into ``row``; an undefined metric stays NaN and adds a note."""
+    try:
+        row.update(compute())
+    except InvalidScoreError as err:
+        notes.append(str(err))
+
+
+def _check_shapes(reference: np.ndarray, estimate: np.ndarray, noisy: np.ndarray | None) -> None:
+    for name, audio in (("reference", reference), ("estimate", estimate), ("noisy", noisy)):
+        if audio is not None and audio.ndim != 1:
+            raise SekdError(f"{name} must be mono (1-D), got shape {audio.shape}")
+    lengths = {len(a) for a in (reference, estimate, noisy) if a is not None}
+    if len(lengths) > 1:
+        raise SekdError(f"reference/estimate/noisy lengths differ: {sorted(lengths)} samples")
+
+
+def _intrusive(
+    row: dict,
+    notes: list[str],
+    ref: np.ndarray,
+    est: np.ndarray,
+    noisy: np.ndarray | None,
+    options: Mapping,
+) -> None:
+    """The metrics that compare the estimate with the clean reference."""
+    rate = SAMPLE_RATE
+    _collect(row, notes, lambda: {"pesq_wb": pesq_score(ref, est, "wb", rate)})
+    if options.get("pesq_nb", True):
+        _collect(row, notes, lambda: {"pesq_nb": pesq_score(ref, est, "nb", rate)})
+    _collect(row, notes, lambda: stoi_scores(ref, est, rate))
+    row.update(si_sdr_scores(ref, est, noisy))
+    if noisy is None:
+        notes.append("si_sdr_i: no noisy input")
+    if options.get("composite", True):
+        if math.isfinite(row["pesq_wb"]):
+            scores = composite(ref, est, rate, pesq_mos_lqo=row["pesq_wb"])
+            row.update(csig=scores.csig, cbak=scores.cbak, covl=scores.covl)
+        else:
+            notes.append("composite: needs pesq_wb")
+
+
+def score_utterance(
+    reference: np.ndarray, estimate: np.ndarray, noisy: np.ndarray | None, options: Mapping
+) -> dict:
+    """All enabled metrics for one 16 kHz utterance, plus a ``note`` naming anything invalid.
+
+    ``options`` is ``params['evaluate']`` (``pesq_nb``, ``composite``, ``dnsmos`` switches).
+    ``noisy`` is the unprocessed mixture, used only for the SI-SDR improvement. PESQ, STOI and
+    composite compare with ``reference``; DNSMOS scores ``estimate`` alone.
+    """
+    reference, estimate = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
+    noisy = None if noisy is None else np.asarray(noisy, np.float64)
+    _check_shapes(reference, estimate, noisy)
+    row: dict = dict.fromkeys(metric_keys(options), float("nan"))
+    notes: list[str] = []
+    if not np.isfinite(estimate).all():
+        return {**row, "note": "estimate has NaN or Inf samples"}
+    if np.abs(reference).max(initial=0.0) < SILENCE_PEAK:
+        notes.append("silent reference")
+    else:
+        if np.abs(estimate).max(initial=0.0) < SILENCE_PEAK:
+            notes.append("silent estimate")
+        _intrusive(row, notes, reference, estimate, noisy, options)
+    if options.get("dnsmos", True):
+        from sekd.metrics.dnsmos import dnsmos_scores  # onnxruntime and librosa load on first use
+
+        values, note = dnsmos_scores(estimate, SAMPLE_RATE)
+        row.update(values)
+        if note:
+            notes.append(note)
+    return {**row, "note": "; ".join(notes)}
+
+
+def _load(audio: Audio | None) -> np.ndarray | None:
+    if audio is None or isinstance(audio, np.ndarray):
+        return audio
+    return read_audio(audio, SAMPLE_RATE, allow_silent=True)
+
+
+def _score_job(job: tuple, options: Mapping) -> dict:
+    utterance_id, reference, estimate, noisy = job
+    try:
+        row = score_utterance(_load(reference), _load(estimate), _load(noisy), options)
+    except SekdError as err:
+        raise SekdError(f"utterance {utterance_id}: {err}") from None
+    return {"id": utterance_id, **row}
+
+
+def _init_worker() -> None:
+    """Pin a worker to one thread before it does any numerical work."""
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _single_thread_environment() -> Iterator[None]:
+    """Spawned workers inherit the environment, so thread limits apply before numpy loads."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def score_batch(
+    ids: Sequence[str],
+    references: Sequence[Audio],
+    estimates: Sequence[Audio],
+    noisies: Sequence[Audio | None],
+    options: Mapping,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """One row per utterance (``id``, the metric columns, ``note``), in the order of ``ids``.
+
+    Audio is given as arrays or as file paths; paths are read inside the workers, which keeps
+    inter-process traffic small. ``workers <= 1`` scores in this process.
+    """
+    jobs = list(zip(ids, references, estimates, noisies, strict=True))
+    score = partial(_score_job, options=dict(options))
+    if workers <= 1 or len(jobs) < 2:
+        rows = [score(job) for job in jobs]
+    else:
+        workers = min(workers, len(jobs))
+        chunksize = max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
+        context = multiprocessing.get_context("spawn")
+        with (
+            _single_thread_environment(),
+            ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool,
+        ):
+            rows = list(pool.map(score, jobs, chunksize=chunksize))
+    return pd.DataFrame(rows, columns=["id", *metric_keys(options), "note"])
+
+
+def summarize(frame: pd.DataFrame) -> dict:
+    """Per metric: mean, 95 % CI half-width (Student t), n valid and n_invalid (NaN rows).
+
+    Undefined statistics (no valid row; the CI with fewer than two) are None, so the result is
+    valid JSON.
+    """
+    summary = {}
+    for key in (k for k in METRIC_KEYS if k in frame.columns):
+        values = frame[key].to_numpy(dtype=np.float64)
+        valid = values[np.isfinite(values)]
+        n = len(valid)
+        half_width = None
+        if n >= 2:
+            sem = valid.std(ddof=1) / math.sqrt(n)
+            half_width = float(stats.t.ppf(0.975, n - 1) * sem)
+        summary[key] = {
+            "mean": float(valid.mean()) if n else None,
+            "ci95": half_width,
+            "n": n,
+            "n_invalid": len(values) - n,
+        }
+    return summary

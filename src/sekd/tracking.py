@@ -1,0 +1,234 @@
+"""Thin MLflow tracking: one experiment per phase, one run per job, tags that tie a run to its job.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` if set, else params ``tracking.uri``, else
+``sqlite:///<repo root>/mlflow.db`` (repo root = env ``SEKD_ROOT`` or the working directory). For a
+SQLite store, artifacts go to ``mlartifacts/`` next to the database, whatever the working directory.
+Runs are linked across processes (Snakemake/SLURM jobs) with the ``mlflow.parentRunId`` tag.
+
+Everything goes through an explicit ``MlflowClient`` (no global active run), so a process may hold
+several runs, and every call is retried while SQLite reports "database is locked": several jobs on
+one host may log to the same database at once. ``SEKD_TRACKING=off`` disables tracking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sekd.config import params_hash
+from sekd.io import SAMPLE_RATE, write_audio
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_CHARS = 6000
+BATCH = 100
+RETRY_SECONDS = 120.0
+TRANSIENT = ("database is locked", "database table is locked", "unable to open database")
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("SEKD_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(tracking_cfg: Mapping[str, Any] | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` > ``tracking.uri`` > ``sqlite:///<repo root>/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    uri = (tracking_cfg or {}).get("uri")
+    if uri:
+        return str(uri)
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths against the cwd), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :]).resolve()
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``, values as strings cut to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_CHARS]
+    return flat
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root or repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _retry(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``call``, retrying with back-off while the store is transiently locked."""
+    deadline, delay = time.monotonic() + RETRY_SECONDS, 0.2
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # MlflowException wraps sqlite3.OperationalError
+            if not any(text in str(err) for text in TRANSIENT) or time.monotonic() > deadline:
+                raise
+            log.info("MLflow store busy (%s); retrying in %.1f s", str(err).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class NullTracker:
+    """Same interface as :class:`Tracker`; does nothing (tracking disabled, or in tests)."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_audio(self, name: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None: ...
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+
+
+class Tracker(NullTracker):
+    """One MLflow run, written through an explicit client."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for start in range(0, len(items), BATCH):
+            _retry(self.client.log_batch, self.run_id, params=items[start : start + BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """All metrics of one step in one store call."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        items = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        _retry(self.client.log_batch, self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        for start in range(0, len(items), BATCH):
+            _retry(self.client.log_batch, self.run_id, tags=items[start : start + BATCH])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_audio(self, name: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+        """Log ``audio`` as ``audio/<name>.wav`` (the MLflow UI plays WAV artifacts)."""
+        name = name.removesuffix(".wav")
+        sub = str(Path("audio", name).parent)
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = Path(tmp) / f"{Path(name).name}.wav"
+            write_audio(wav, audio, sample_rate)
+            self.log_artifact(wav, sub)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        _retry(self.client.log_figure, self.run_id, figure, artifact_file)
+
+
+def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
+    """Get or create experiment ``name``; tolerate another process creating it first."""
+    found = _retry(client.get_experiment_by_name, name)
+    if found is not None:
+        return found.experiment_id
+    location = (artifact_root / name.replace("/", "_")).as_uri() if artifact_root else None
+    try:
+        return _retry(client.create_experiment, name, artifact_location=location)
+    except Exception as err:
+        if "already exists" not in str(err).lower():
+            raise
+        return _retry(client.get_experiment_by_name, name).experiment_id
+
+
+def run_tags(params: Mapping[str, Any], parent_run_id: str | None) -> dict[str, str]:
+    """Tags that locate a run: code version, config, workflow job and parent run."""
+    tags = {
+        "mlflow.source.git.commit": git_commit(),
+        "sekd.params_hash": params_hash(dict(params)),
+        "snakemake.rule": os.environ.get("SEKD_RULE"),
+        "snakemake.wildcards": os.environ.get("SEKD_WILDCARDS"),
+        "slurm.job_id": os.environ.get("SLURM_JOB_ID"),
+        "mlflow.parentRunId": parent_run_id,
+    }
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+def tracking_enabled() -> bool:
+    return os.environ.get("SEKD_TRACKING", "on").lower() not in ("0", "off", "false", "no")
+
+
+@contextlib.contextmanager
+def start_run(
+    phase: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    tracking_cfg: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[NullTracker]:
+    """Open run ``run_name`` in experiment ``<prefix>/<phase>``; FINISHED on exit, FAILED on error.
+
+    ``params`` are logged flattened to dotted keys. ``parent_run_id`` (or env
+    ``SEKD_PARENT_RUN_ID``) links this run under a run of another process.
+    """
+    if not tracking_enabled():
+        yield NullTracker()
+        return
+    from mlflow import MlflowClient
+
+    cfg = dict(tracking_cfg or {})
+    uri = tracking_uri(cfg)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = f"{cfg.get('experiment_prefix', 'sekd')}/{phase}"
+    experiment_id = _experiment_id(client, experiment, db.parent / "mlartifacts" if db else None)
+    params = dict(params or {})
+    all_tags = run_tags(params, parent_run_id or os.environ.get("SEKD_PARENT_RUN_ID"))
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    run = _retry(client.create_run, experiment_id, tags=all_tags, run_name=run_name)
+    tracker = Tracker(client, run.info.run_id)
+    log.info("MLflow run %s in experiment %s (%s)", tracker.run_id, experiment, uri)
+    status = "FAILED"
+    try:
+        if params:
+            tracker.log_params(params)
+        yield tracker
+        status = "FINISHED"
+    finally:
+        _retry(client.set_terminated, tracker.run_id, status=status)
