@@ -63,7 +63,9 @@ def write_set(root: Path, name: str, seconds: list[float], seed: int, target: bo
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data")
-    train = write_set(root, "train", [0.6] * 9 + [0.3], seed=0)  # the last one is shorter than a crop
+    train = write_set(
+        root, "train", [0.6] * 9 + [0.3], seed=0
+    )  # the last one is shorter than a crop
     valid = write_set(root, "valid", [0.5, 0.7, 0.45], seed=1)
     return train, valid
 
@@ -95,7 +97,11 @@ def test_crops_are_reproducible_per_epoch_and_collate_pads(manifests, tmp_path):
     evaluation = MixtureDataset(valid)
     batch = collate([evaluation[i] for i in range(3)])
     assert batch["noisy"].shape == (3, 11200) and batch["lengths"].tolist() == [8000, 11200, 7200]
-    assert torch.all(batch["target"][0, 8000:] == 0) and batch["ids"] == ["valid00", "valid01", "valid02"]
+    assert torch.all(batch["target"][0, 8000:] == 0) and batch["ids"] == [
+        "valid00",
+        "valid01",
+        "valid02",
+    ]
 
     noisy_only = write_set(tmp_path, "adapt", [0.3, 0.3], seed=2, target=False)
     items = NoisyDataset(noisy_only, 0.2)
@@ -134,7 +140,10 @@ def test_resume_after_kill_continues_and_matches_uninterrupted_run(manifests, tm
     args = {**common, "out_dir": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "ckpt")}
     env = {**os.environ, KILL_ENV: "2"}
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_SCRIPT, json.dumps(args)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", RUN_SCRIPT, json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == -9, proc.stderr
     assert not (tmp_path / "out").exists()

@@ -36,6 +36,23 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print("config OK")
 
 
+def cmd_overlay(args: argparse.Namespace) -> None:
+    """Merge overlay files into params.yaml so DVC (which reads only params.yaml) sees them."""
+    from sekd.config import load_params
+    from sekd.io import write_yaml
+
+    merged = load_params(args.target, *args.overlays)
+    write_yaml(args.target, merged)
+    print(f"{args.target}: merged {', '.join(args.overlays)} (git diff shows the change)")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    """Say where the results, models and MLflow store of a finished run are."""
+    from sekd.evaluation import summary_text
+
+    print(summary_text(_config(args)))
+
+
 def cmd_corpus(args: argparse.Namespace) -> None:
     from sekd.data.corpus import build_corpus
 
@@ -132,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("validate", cmd_validate, "validate the config and exit")
+    add("summary", cmd_summary, "print where the results, models and MLflow store are")
+    p = sub.add_parser("overlay", help="merge overlay YAML files into params.yaml (for dvc)")
+    p.add_argument("overlays", nargs="+")
+    p.add_argument("--target", default="params.yaml")
+    p.set_defaults(func=cmd_overlay)
     p = add("corpus", cmd_corpus, "build the demo corpus or index a real one")
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=1)

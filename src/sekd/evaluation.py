@@ -125,3 +125,21 @@ def markdown_table(table: pd.DataFrame) -> str:
         lines.append("| " + " | ".join([row["system"], params, macs, *cells]) + " |")
     note = "\nMean ± 95% CI (Student t) over test utterances; SI-SDR zero-mean; composite uses wb-PESQ.\n"
     return "\n".join(lines) + "\n" + note
+
+
+def summary_text(cfg: dict) -> str:
+    """Where a finished run put its results, models and tracking store, with the headline table."""
+    from sekd.tracking import tracking_uri
+
+    results = Path(cfg["paths"]["results"])
+    table = results / "table.md"
+    lines = [
+        f"metrics:  {results / 'metrics.json'} (dvc metrics show), per utterance in {results / 'eval'}/",
+        f"table:    {table}",
+        f"models:   {cfg['paths']['models']}/teacher/{cfg['teacher']['name']}/, "
+        f"{cfg['paths']['models']}/students/<method>/<seed>/",
+        f"MLflow:   {tracking_uri(cfg['tracking'])}  (mlflow ui --backend-store-uri <that>)",
+    ]
+    if table.is_file():
+        lines += ["", table.read_text()]
+    return "\n".join(lines)

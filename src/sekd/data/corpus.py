@@ -45,7 +45,7 @@ RATES = tuple(range(140, 201, 10))
 PITCH_RANGES = tuple(range(30, 81, 10))
 
 PEAK = 0.5  # demo utterances are peak-normalised to this
-KEEP_SILENCE_S = 0.1  # silence kept before and after speech when trimming
+SILENCE_MARGIN_S = 0.1  # silence left before and after the speech of a demo utterance
 SILENCE_DB = -40.0  # samples this far below the peak count as silence
 
 
@@ -107,14 +107,18 @@ def random_sentences(count: int, words: tuple[int, int], rng: np.random.Generato
     return sentences
 
 
-def trim_silence(audio: np.ndarray, keep_s: float = KEEP_SILENCE_S) -> np.ndarray:
-    """Cut leading/trailing silence (``SILENCE_DB`` under the peak), keep ``keep_s`` each side."""
+def trim_silence(audio: np.ndarray, margin_s: float = SILENCE_MARGIN_S) -> np.ndarray:
+    """Leave exactly ``margin_s`` of silence before and after the speech (cut or zero-padded).
+
+    Silence is anything ``SILENCE_DB`` under the peak. eSpeak itself leaves only ~10 ms, so this
+    mostly pads: every utterance then starts and ends the same way, as a recorded one would.
+    """
     peak = np.abs(audio).max(initial=0.0)
     loud = np.flatnonzero(np.abs(audio) > peak * 10 ** (SILENCE_DB / 20))
     if loud.size == 0:
         return audio
-    keep = int(round(keep_s * SAMPLE_RATE))
-    return audio[max(loud[0] - keep, 0) : loud[-1] + 1 + keep]
+    margin = np.zeros(int(round(margin_s * SAMPLE_RATE)), dtype=audio.dtype)
+    return np.concatenate([margin, audio[loud[0] : loud[-1] + 1], margin])
 
 
 def _render_utterance(task: tuple[Path, str, Voice]) -> float:
