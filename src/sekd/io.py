@@ -83,9 +83,18 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write mono float audio as 32-bit float WAV (lossless, byte-deterministic)."""
+    """Write mono audio as 24-bit PCM WAV.
+
+    24-bit PCM rather than float: libsndfile stamps float WAVs with a PEAK chunk holding the write
+    time, which would make identical audio differ byte-wise (and change DVC hashes) on every run.
+    Samples beyond [-1, 1] would clip silently, so they are an error: scale before writing.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    peak = float(np.abs(audio).max(initial=0.0))
+    if not np.isfinite(peak) or peak > 1.0:
+        raise SekdError(f"{path}: refusing to write audio with peak {peak:.3g} (outside [-1, 1])")
     with atomic_path(path) as tmp:
-        sf.write(tmp, np.asarray(audio, dtype=np.float32), sample_rate, subtype="FLOAT", format="WAV")
+        sf.write(tmp, audio, sample_rate, subtype="PCM_24", format="WAV")
 
 
 def read_audio(

@@ -13,6 +13,7 @@ one host may log to the same database at once. ``SEKD_TRACKING=off`` disables tr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -187,6 +188,27 @@ def run_tags(params: Mapping[str, Any], parent_run_id: str | None) -> dict[str, 
     return {k: str(v) for k, v in tags.items() if v}
 
 
+@contextlib.contextmanager
+def _creation_lock(db: Path | None) -> Iterator[None]:
+    """Serialise opening a SQLite store across processes on this host.
+
+    MLflow's tracking store creates and migrates a new database's tables without a lock, so two jobs
+    starting at once on a fresh ``mlflow.db`` fail with "duplicate column" errors.
+    """
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    digest = hashlib.md5(str(db).encode(), usedforsecurity=False).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"sekd-mlflow-{digest}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def tracking_enabled() -> bool:
     return os.environ.get("SEKD_TRACKING", "on").lower() not in ("0", "off", "false", "no")
 
@@ -215,9 +237,12 @@ def start_run(
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
     experiment = f"{cfg.get('experiment_prefix', 'sekd')}/{phase}"
-    experiment_id = _experiment_id(client, experiment, db.parent / "mlartifacts" if db else None)
+    with _creation_lock(db):
+        client = MlflowClient(tracking_uri=uri)  # opens (and for a new file creates) the store
+        experiment_id = _experiment_id(
+            client, experiment, db.parent / "mlartifacts" if db else None
+        )
     params = dict(params or {})
     all_tags = run_tags(params, parent_run_id or os.environ.get("SEKD_PARENT_RUN_ID"))
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})

@@ -201,20 +201,26 @@ def safe_name(name: str) -> str:
 
 
 def find_audio(root: Path, extensions: list[str], key: str) -> list[Path]:
-    """All audio files below ``root`` (sorted); ``key`` names the config entry in errors."""
+    """All audio files below ``root`` (sorted); ``key`` names the config entry in errors.
+
+    An extension is a suffix (``flac`` matches ``*.flac``) or, starting with ``_``, a name ending:
+    ``_mic1.flac`` keeps one of VCTK 0.92's two microphone copies of every utterance.
+    """
     if root is None:
         raise SekdError(f"{key}: not set (needed when the source is 'folder')")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise SekdError(f"{key}: folder {root} not found")
-    suffixes = {"." + e.lower().lstrip(".") for e in extensions}
+    endings = tuple(
+        e.lower() if e.startswith("_") else "." + e.lower().lstrip(".") for e in extensions
+    )
     files = sorted(
         p
         for p in root.rglob("*")
-        if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()
+        if p.name.lower().endswith(endings) and not p.name.startswith(".") and p.is_file()
     )
     if not files:
-        raise SekdError(f"{key}: no {'/'.join(sorted(suffixes))} files below {root}")
+        raise SekdError(f"{key}: no {'/'.join(sorted(endings))} files below {root}")
     return files
 
 
@@ -248,7 +254,7 @@ def probe_audio(path: Path) -> tuple[float, str]:
 
 
 def log_formats(formats: list[str], paths: list[Path], what: str) -> None:
-    """One notice per stored format that ``read_audio`` converts (downmix, resample)."""
+    """One notice per stored format, saying which ones ``read_audio`` converts on every read."""
     counts = Counter(formats)
     example = dict(zip(formats, paths, strict=True))
     for fmt, count in sorted(counts.items()):
@@ -282,7 +288,9 @@ def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFra
     minimum, cap = folder["min_utterances"], folder["max_utterances"]
     dropped = sorted(s for s, paths in by_speaker.items() if len(paths) < minimum)
     if dropped:
-        log.info("corpus: dropped %d speakers with < %d files: %s", len(dropped), minimum, dropped)
+        log.info(
+            "corpus: dropped %d speakers with < %d files: %s", len(dropped), minimum, dropped[:20]
+        )
     kept = {s: paths for s, paths in sorted(by_speaker.items()) if len(paths) >= minimum}
     if not kept:
         raise SekdError(

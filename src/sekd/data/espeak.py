@@ -16,7 +16,6 @@ subprocess is needed. Two properties of the library shape this module:
 from __future__ import annotations
 
 import _ctypes
-import atexit
 import ctypes
 import logging
 import os
@@ -24,6 +23,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,10 @@ class _Engine:
     def __init__(self) -> None:
         source, self.data_path = _loader_paths()
         self.folder = Path(tempfile.mkdtemp(prefix="sekd-espeak-"))
-        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
+        # removed at exit, also in pool workers (forked ones skip plain atexit handlers)
+        Finalize(
+            self, shutil.rmtree, args=(self.folder,), kwargs={"ignore_errors": True}, exitpriority=0
+        )
         self.source = source
         self.copies = 0
         self.library = self._new_copy()
@@ -94,7 +97,10 @@ class _Engine:
         return 0  # 0: carry on synthesising
 
     def _open(self) -> ctypes.CDLL:
-        lib = ctypes.CDLL(str(self.library), mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        try:
+            lib = ctypes.CDLL(str(self.library), mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        except OSError as err:
+            raise SekdError(f"{self.source}: cannot load libespeak-ng: {err}") from None
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]

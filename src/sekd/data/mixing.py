@@ -52,13 +52,13 @@ def reverberate(speech: np.ndarray, rir: np.ndarray) -> np.ndarray:
 
 def early_rir(rir: np.ndarray, early_ms: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The RIR up to ``early_ms`` after the direct-path peak (the rest is late reverberation)."""
-    stop = direct_path_index(rir) + int(round(early_ms * 1e-3 * sample_rate)) + 1
+    stop = direct_path_index(rir, sample_rate) + int(round(early_ms * 1e-3 * sample_rate)) + 1
     return rir[:stop]
 
 
-def dry_target(speech: np.ndarray, rir: np.ndarray) -> np.ndarray:
+def dry_target(speech: np.ndarray, rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Dry speech delayed and scaled to the direct path, so it lines up with the mixture."""
-    peak = direct_path_index(rir)
+    peak = direct_path_index(rir, sample_rate)
     delayed = np.zeros(len(speech), dtype=np.float64)
     delayed[peak:] = speech[: max(len(speech) - peak, 0)]
     return delayed * rir[peak]
@@ -70,7 +70,7 @@ def make_target(
     if kind == "early":
         return reverberate(speech, early_rir(rir, early_ms, sample_rate))
     if kind == "dry":
-        return dry_target(speech, rir)
+        return dry_target(speech, rir, sample_rate)
     raise SekdError(f"synth.target: unknown target {kind!r} (expected one of {TARGET_KINDS})")
 
 

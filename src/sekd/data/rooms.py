@@ -11,6 +11,7 @@ own RIR.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,11 +26,17 @@ MIN_SOURCE_MIC_M = 1.0  # minimum source-microphone distance
 SOURCE_HEIGHT_M = (1.2, 1.9)  # talker mouth height, clipped to the room
 MIC_HEIGHT_M = (0.7, 1.6)  # device on a table/desk to head height, clipped to the room
 DIRECT_WINDOW_MS = 2.5  # half width of the direct-path window used for the DRR
+DIRECT_THRESHOLD = 0.3  # first tap above this fraction of the peak starts the direct path
 RT60_DECAY_DB = 20  # T20: fit -5..-25 dB of the Schroeder decay, extrapolated to 60 dB
 RT60_TOLERANCE = 0.05  # calibration stops once |measured/target - 1| is below this
+RT60_ACCEPT = 0.20  # a mixture's RIR must measure within this of the target (else new positions)
+POSITION_TRIES = 8  # position draws per mixture before the closest RIR is taken
 CALIBRATION_STEPS = 4  # absorption updates at most (each costs one RIR per probe)
 CALIBRATION_PROBES = 3  # source-mic pairs whose median RT60 calibrates a room
 MIN_ABSORPTION = 0.01  # floor for the calibrated absorption (keeps the ISM decaying)
+# Image order per room: this fraction of the order inverse Sabine asks for (which reaches the full
+# 60 dB decay); half covers about 30 dB, all that T20 needs, at an eighth of the image count.
+ORDER_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,14 +70,21 @@ def measure_rt60(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return float(pra_measure_rt60(rir, fs=sample_rate, decay_db=RT60_DECAY_DB))
 
 
-def direct_path_index(rir: np.ndarray) -> int:
-    """Sample index of the direct-path peak (in a shoebox room the strongest tap)."""
-    return int(np.argmax(np.abs(rir)))
+def direct_path_index(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> int:
+    """Sample index of the direct-path peak: the first strong arrival, not simply the strongest tap.
+
+    Two reflections arriving together (source and mic at equal heights) can outweigh a distant
+    direct path; the direct path is the local maximum after the first tap above 30% of the peak.
+    """
+    magnitude = np.abs(rir)
+    first = int(np.argmax(magnitude >= DIRECT_THRESHOLD * magnitude.max()))
+    window = magnitude[first : first + int(sample_rate * 1e-3)]  # its fractional-delay main lobe
+    return first + int(np.argmax(window))
 
 
 def drr_db(rir: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """Direct-to-reverberant ratio: energy within +-2.5 ms of the direct peak vs all the rest."""
-    peak = direct_path_index(rir)
+    peak = direct_path_index(rir, sample_rate)
     half = int(round(DIRECT_WINDOW_MS * 1e-3 * sample_rate))
     energy = rir.astype(np.float64) ** 2
     direct = energy[max(peak - half, 0) : peak + half + 1].sum()
@@ -105,6 +119,27 @@ def compute_rir(
     the result byte-identical whatever the machine (parallelism comes from the process pool).
     """
     return _rir(room.dims, room.absorption, room.max_order, source, mic, sample_rate)
+
+
+def draw_rir(
+    rng: np.random.Generator, room: Room, sample_rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random source/mic positions and their RIR, measuring within 20% of the room's target RT60.
+
+    The decay measured in a calibrated room still varies with position (a few % of positions fall
+    outside 20%, mostly in long rooms with strong absorption), so such positions are redrawn; after
+    8 tries the closest one is kept. Returns ``(rir, source, mic)``.
+    """
+    best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
+    for _ in range(POSITION_TRIES):
+        source, mic = random_positions(rng, room.dims)
+        rir = compute_rir(room, source, mic, sample_rate)
+        error = abs(measure_rt60(rir, sample_rate) / room.rt60_target - 1.0)
+        if best is None or error < best[0]:
+            best = (error, rir, source, mic)
+        if error <= RT60_ACCEPT:
+            break
+    return best[1], best[2], best[3]
 
 
 def _rir(dims, absorption, max_order, source, mic, sample_rate) -> np.ndarray:
@@ -143,7 +178,7 @@ def calibrate_room(
     Several probe positions, because the measured RT60 varies by about +-10% with position.
     """
     _, sabine_order = _sabine(rt60_target, dims)
-    max_order = max(1, min(max_order_cap, sabine_order))
+    max_order = max(1, min(max_order_cap, math.ceil(ORDER_FRACTION * sabine_order)))
     sabine_target = rt60_target
     best: tuple[float, float, float] | None = None  # (error, absorption, measured)
     for _ in range(CALIBRATION_STEPS + 1):

@@ -26,7 +26,7 @@ from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, write_audio
 
 from .manifest import MANIFEST_COLUMNS, write_manifest
 from .mixing import NOISE_REGIONS, make_target, mix, noise_segment, reverberate
-from .rooms import Room, compute_rir, draw_room, drr_db, measure_rt60, random_positions
+from .rooms import Room, compute_rir, draw_rir, draw_room, drr_db, measure_rt60
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,13 @@ def _load_noise(path: str) -> np.ndarray:
 def render_mixture(job: MixtureJob, root: Path) -> tuple[dict, float]:
     """Render and write one mixture; return its manifest row and the CPU seconds of its RIR."""
     rng = np.random.default_rng(list(job.entropy))
-    if job.positions is None:
-        source, mic = random_positions(rng, job.room.dims)
-    else:
-        source, mic = (np.asarray(p) for p in job.positions)
-    snr = round(float(rng.uniform(*job.snr_range)), 3)
     started = time.process_time()  # CPU time: unaffected by other processes sharing the cores
-    rir = compute_rir(job.room, source, mic)
+    if job.positions is None:
+        rir, _, _ = draw_rir(rng, job.room)
+    else:
+        rir = compute_rir(job.room, *(np.asarray(p) for p in job.positions))
     rir_seconds = time.process_time() - started
+    snr = round(float(rng.uniform(*job.snr_range)), 3)
 
     speech = read_audio(job.speech_path).astype(np.float64)
     noise = noise_segment(
@@ -310,7 +309,7 @@ def plan_personal(
             )
         rng = np.random.default_rng([seed, index, PLAN_STREAM, k])
         order = rng.permutation(len(pool))
-        source, mic = random_positions(rng, rooms[speaker].dims)
+        _, source, mic = draw_rir(rng, rooms[speaker])
         noise = noises.iloc[noise_order[k]]
         picks = {"adapt": order[: need["adapt"]], "test": order[need["adapt"] :][: need["test"]]}
         for set_name, rows in picks.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 from sekd.errors import SekdError
@@ -149,9 +150,18 @@ def _init_worker() -> None:
     """Pin a worker to one thread before it does any numerical work."""
     for name in _THREAD_VARIABLES:
         os.environ[name] = "1"
-    import torch
-
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _torch_single_thread() -> Iterator[None]:
+    """Score in-process with one torch thread, like a worker, so float32 sums agree bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -185,7 +195,8 @@ def score_batch(
     jobs = list(zip(ids, references, estimates, noisies, strict=True))
     score = partial(_score_job, options=dict(options))
     if workers <= 1 or len(jobs) < 2:
-        rows = [score(job) for job in jobs]
+        with _torch_single_thread():
+            rows = [score(job) for job in jobs]
     else:
         workers = min(workers, len(jobs))
         chunksize = max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))

@@ -1,0 +1,133 @@
+"""Per-utterance scoring, invalid values, the worker pool and the summary statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from sekd.errors import SekdError
+from sekd.io import write_audio
+from sekd.metrics import METRIC_KEYS
+from sekd.metrics.evaluate import metric_keys, score_batch, score_utterance, summarize
+from sekd.metrics.sisdr import si_sdr_db
+
+ALL = {"pesq_nb": True, "composite": True, "dnsmos": True}
+NO_DNSMOS = {"pesq_nb": True, "composite": True, "dnsmos": False}
+
+
+def _testdata() -> Path:
+    root = os.environ.get("SEKD_SHARED")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared"
+    return base / "testdata" / "pesq"
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    folder = _testdata()
+    if not folder.is_dir():
+        pytest.skip(f"shared test data not found at {folder}")
+    clean, _ = sf.read(folder / "speech.wav", dtype="float32")
+    noisy, _ = sf.read(folder / "speech_bab_0dB.wav", dtype="float32")
+    return clean, noisy
+
+
+def _enhanced(clean: np.ndarray, noisy: np.ndarray, keep: float) -> np.ndarray:
+    """A stand-in for an enhanced signal: the noisy input with its noise scaled by ``keep``."""
+    return (clean + keep * (noisy - clean)).astype(np.float32)
+
+
+def test_score_utterance_all_metrics(pair):
+    clean, noisy = pair
+    row = score_utterance(clean, noisy, noisy, ALL)
+    assert list(row) == [*METRIC_KEYS, "note"]
+    assert row["note"] == ""
+    assert row["pesq_wb"] == 1.0832337141036987
+    assert row["pesq_nb"] == 1.6072081327438354
+    assert row["stoi"] == pytest.approx(0.673918, abs=1e-5)
+    assert row["si_sdr_i"] == 0.0  # the estimate is the noisy input
+    assert row["dnsmos_ovrl"] == pytest.approx(1.0889, abs=0.05)
+    assert 1.0 <= row["covl"] <= 5.0
+
+
+def test_si_sdr_improvement_is_over_the_noisy_input(pair):
+    clean, noisy = pair
+    estimate = _enhanced(clean, noisy, 0.3)
+    row = score_utterance(clean, estimate, noisy, NO_DNSMOS)
+    expected = si_sdr_db(estimate, clean) - si_sdr_db(noisy, clean)
+    assert row["si_sdr_i"] == pytest.approx(expected, abs=1e-9)
+    assert row["si_sdr_i"] > 5.0
+
+
+def test_options_switch_metrics_off(pair):
+    clean, noisy = pair
+    options = {"pesq_nb": False, "composite": False, "dnsmos": False}
+    row = score_utterance(clean, noisy, noisy, options)
+    assert set(row) == {"pesq_wb", "stoi", "estoi", "si_sdr", "si_sdr_i", "note"}
+    assert metric_keys(options) == [k for k in row if k != "note"]
+
+
+def test_silent_reference_gives_nan_and_note(pair):
+    _, noisy = pair
+    row = score_utterance(np.zeros_like(noisy), noisy, noisy, NO_DNSMOS)
+    assert row["note"] == "silent reference"
+    assert all(math.isnan(row[k]) for k in metric_keys(NO_DNSMOS))
+
+
+def test_too_short_for_stoi_gives_nan_and_note(pair):
+    clean, noisy = pair
+    short = np.zeros_like(clean)
+    short[8000:11200] = clean[8000:11200]
+    row = score_utterance(short, noisy, noisy, NO_DNSMOS)
+    assert math.isnan(row["stoi"]) and math.isnan(row["estoi"])
+    assert "stoi: fewer than 30 non-silent frames" in row["note"]
+    assert math.isfinite(row["si_sdr"])
+
+
+def test_non_finite_estimate_and_bad_shapes(pair):
+    clean, noisy = pair
+    broken = noisy.copy()
+    broken[100] = np.nan
+    row = score_utterance(clean, broken, noisy, NO_DNSMOS)
+    assert "NaN or Inf" in row["note"]
+    assert all(math.isnan(row[k]) for k in metric_keys(NO_DNSMOS))
+    with pytest.raises(SekdError, match="lengths differ"):
+        score_utterance(clean, noisy[:-1], noisy, NO_DNSMOS)
+
+
+def test_score_batch_pool_equals_serial_and_reads_paths(pair, tmp_path):
+    clean, noisy = pair
+    ids = ["a", "b", "c", "silent"]
+    estimates = [_enhanced(clean, noisy, k) for k in (0.1, 0.5, 0.9)] + [noisy]
+    references = [clean, clean, clean, np.zeros_like(clean)]
+    noisies = [noisy] * 4
+    serial = score_batch(ids, references, estimates, noisies, NO_DNSMOS, workers=1)
+    assert list(serial.columns) == ["id", *metric_keys(NO_DNSMOS), "note"]
+    assert list(serial["id"]) == ids
+    assert serial["pesq_wb"].iloc[0] > serial["pesq_wb"].iloc[2]
+
+    paths = []
+    for name, audio in zip(ids, estimates, strict=True):
+        paths.append(tmp_path / f"{name}.wav")
+        write_audio(paths[-1], audio)
+    pooled = score_batch(ids, references, paths, noisies, NO_DNSMOS, workers=2)
+    pd.testing.assert_frame_equal(pooled, serial, check_exact=False, rtol=0, atol=1e-12)
+
+
+def test_summarize_excludes_invalid_rows():
+    frame = pd.DataFrame(
+        {"id": list("abcd"), "pesq_wb": [1.0, 2.0, 3.0, np.nan], "stoi": [np.nan] * 4}
+    )
+    summary = summarize(frame)
+    pesq = summary["pesq_wb"]
+    assert (pesq["mean"], pesq["n"], pesq["n_invalid"]) == (2.0, 3, 1)
+    assert pesq["ci95"] == pytest.approx(4.302652729749464 / math.sqrt(3))  # t(0.975, 2) * s / sqrt(n)
+    assert summary["stoi"] == {"mean": None, "ci95": None, "n": 0, "n_invalid": 4}
+    assert set(summary) == {"pesq_wb", "stoi"}
+    json.dumps(summary, allow_nan=False)

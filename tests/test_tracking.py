@@ -1,0 +1,135 @@
+"""MLflow tracking against a real SQLite store: a trainer run's params/metrics/tags/artifacts, and
+two processes logging to one database at once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+from test_train import MODEL, TRAIN, write_set
+
+from sekd.tracking import NullTracker, Tracker, start_run, tracking_uri
+from sekd.train import CHECKPOINT, train_model
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "SEKD_PARENT_RUN_ID", "SEKD_TRACKING", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_uri_precedence_and_disabled_tracking(clean_env, tmp_path):
+    clean_env.setenv("SEKD_ROOT", str(tmp_path))
+    assert tracking_uri({"uri": None}) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking_uri({"uri": "http://server:5000"}) == "http://server:5000"
+    clean_env.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
+    assert tracking_uri({"uri": "http://server:5000"}) == "sqlite:////elsewhere/x.db"
+    clean_env.setenv("SEKD_TRACKING", "off")
+    with start_run("teacher", "r", {"a": 1}) as tracker:
+        assert type(tracker) is NullTracker and tracker.run_id is None
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_trainer_run_is_fully_tracked(clean_env, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    cfg = {"uri": uri, "experiment_prefix": "sekdtest"}
+    train = write_set(tmp_path / "data", "train", [0.6] * 6, seed=0)
+    valid = write_set(tmp_path / "data", "valid", [0.5, 0.6], seed=1)
+    clean_env.setenv("SEKD_RULE", "train_teacher")
+    clean_env.setenv("SEKD_WILDCARDS", "name=gru")
+    clean_env.setenv("SLURM_JOB_ID", "4242")
+    train_cfg = {**TRAIN, "epochs": 3}
+
+    with start_run("pipeline", "parent", {}, {}, cfg) as parent:
+        assert isinstance(parent, Tracker)
+    with start_run(
+        "teacher",
+        "gru",
+        {"teacher": {"name": "gru"}},
+        {"kind": "test"},
+        cfg,
+        parent_run_id=parent.run_id,
+    ) as tracker:
+        metrics = train_model(
+            MODEL,
+            train_cfg,
+            train,
+            valid,
+            tmp_path / "out",
+            tmp_path / "ckpt",
+            run_name="gru",
+            phase="teacher",
+            tracker=tracker,
+        )
+    with pytest.raises(RuntimeError), start_run("teacher", "broken", {}, {}, cfg) as failing:
+        raise RuntimeError("boom")
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sekdtest/teacher")
+    assert experiment.artifact_location.startswith((tmp_path / "db").as_uri())
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and client.get_run(failing.run_id).info.status == "FAILED"
+    assert run.info.experiment_id == experiment.experiment_id
+    params = run.data.params
+    assert params["teacher.name"] == "gru" and params["model.conf.hidden"] == "8"
+    assert params["train.epochs"] == "3" and params["train.scheduler"] == "plateau"
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == parent.run_id and tags["kind"] == "test"
+    assert tags["snakemake.rule"] == "train_teacher" and tags["snakemake.wildcards"] == "name=gru"
+    assert tags["slurm.job_id"] == "4242" and len(tags["sekd.params_hash"]) == 12
+    checkpoint = tmp_path / "ckpt" / CHECKPOINT
+    assert tags["checkpoint.path"] == str(checkpoint.resolve())
+    assert tags["checkpoint.sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    history = client.get_metric_history(tracker.run_id, "valid_si_sdr")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert run.data.metrics["final_best_valid_si_sdr"] == pytest.approx(
+        metrics["best_valid_si_sdr"]
+    )
+    files = {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert {"metrics.json", "history.csv", "model.yaml", "audio", "figures"} <= files
+    audio = {a.path for a in client.list_artifacts(tracker.run_id, "audio/valid00")}
+    assert audio == {f"audio/valid00/{n}.wav" for n in ("noisy", "enhanced", "target")}
+    figure = client.list_artifacts(tracker.run_id, "figures")[0]
+    assert figure.path == "figures/spectrogram.png" and figure.file_size > 10_000
+
+
+WRITER = """
+import sys
+from sekd.tracking import start_run
+uri, name = sys.argv[1], sys.argv[2]
+with start_run("race", name, {"p": {"x": name}}, {}, {"uri": uri, "experiment_prefix": "t"}) as t:
+    for step in range(25):
+        t.log_metrics({"a": step, "b": 2 * step}, step=step)
+        t.set_tags({f"tag{step % 3}": step})
+    print(t.run_id)
+"""
+
+
+def test_two_processes_log_to_one_sqlite_database(clean_env, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # fresh: both processes also race to create it
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, uri, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for name in ("one", "two")
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    client = MlflowClient(uri)
+    for out, _ in outputs:
+        run_id = out.strip().splitlines()[-1]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run_id, "b")) == 25
