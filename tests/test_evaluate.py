@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from sekd.errors import SekdError
-from sekd.io import write_audio
+from sekd.io import read_audio, write_audio
 from sekd.metrics import METRIC_KEYS
 from sekd.metrics.evaluate import metric_keys, score_batch, score_utterance, summarize
 from sekd.metrics.sisdr import si_sdr_db
@@ -90,7 +90,7 @@ def test_too_short_for_stoi_gives_nan_and_note(pair):
     assert math.isfinite(row["si_sdr"])
 
 
-def test_non_finite_estimate_and_bad_shapes(pair):
+def test_non_finite_estimate_is_invalid_bad_inputs_are_errors(pair):
     clean, noisy = pair
     broken = noisy.copy()
     broken[100] = np.nan
@@ -99,23 +99,25 @@ def test_non_finite_estimate_and_bad_shapes(pair):
     assert all(math.isnan(row[k]) for k in metric_keys(NO_DNSMOS))
     with pytest.raises(SekdError, match="lengths differ"):
         score_utterance(clean, noisy[:-1], noisy, NO_DNSMOS)
+    with pytest.raises(SekdError, match="reference has NaN"):
+        score_utterance(broken, noisy, noisy, NO_DNSMOS)
 
 
 def test_score_batch_pool_equals_serial_and_reads_paths(pair, tmp_path):
     clean, noisy = pair
     ids = ["a", "b", "c", "silent"]
-    estimates = [_enhanced(clean, noisy, k) for k in (0.1, 0.5, 0.9)] + [noisy]
+    paths = [tmp_path / f"{name}.wav" for name in ids]
+    for path, keep in zip(paths, (0.1, 0.5, 0.9, 1.0), strict=True):
+        write_audio(path, _enhanced(clean, noisy, keep))
+    estimates = [read_audio(path) for path in paths]
     references = [clean, clean, clean, np.zeros_like(clean)]
     noisies = [noisy] * 4
     serial = score_batch(ids, references, estimates, noisies, NO_DNSMOS, workers=1)
     assert list(serial.columns) == ["id", *metric_keys(NO_DNSMOS), "note"]
     assert list(serial["id"]) == ids
     assert serial["pesq_wb"].iloc[0] > serial["pesq_wb"].iloc[2]
+    assert serial["note"].iloc[3] == "silent reference"
 
-    paths = []
-    for name, audio in zip(ids, estimates, strict=True):
-        paths.append(tmp_path / f"{name}.wav")
-        write_audio(paths[-1], audio)
     pooled = score_batch(ids, references, paths, noisies, NO_DNSMOS, workers=2)
     pd.testing.assert_frame_equal(pooled, serial, check_exact=False, rtol=0, atol=1e-12)
 
@@ -127,7 +129,8 @@ def test_summarize_excludes_invalid_rows():
     summary = summarize(frame)
     pesq = summary["pesq_wb"]
     assert (pesq["mean"], pesq["n"], pesq["n_invalid"]) == (2.0, 3, 1)
-    assert pesq["ci95"] == pytest.approx(4.302652729749464 / math.sqrt(3))  # t(0.975, 2) * s / sqrt(n)
+    t_975_2 = 4.302652729749462  # Student t quantile, 2 degrees of freedom; s = 1
+    assert pesq["ci95"] == pytest.approx(t_975_2 / math.sqrt(3))
     assert summary["stoi"] == {"mean": None, "ci95": None, "n": 0, "n_invalid": 4}
     assert set(summary) == {"pesq_wb", "stoi"}
     json.dumps(summary, allow_nan=False)

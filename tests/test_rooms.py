@@ -58,8 +58,6 @@ def test_draw_room_respects_config_ranges_and_records_targets():
         assert 0.2 <= room.rt60_target <= 0.7
         assert 1 <= room.max_order <= 60
         assert 0 < room.absorption <= 1
-        row = room.as_row()
-        assert {"room_l", "room_w", "room_h", "rt60_target", "rt60_measured"} <= set(row)
 
 
 def test_draw_room_is_deterministic_per_seed():

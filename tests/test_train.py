@@ -192,6 +192,13 @@ def test_resume_after_kill_continues_and_matches_uninterrupted_run(manifests, tm
         history.columns
     )
 
+    # Rerunning a finished job trains nothing and rewrites the same result.
+    calls.clear()
+    again = train_model(
+        **common, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", loss_fn=counting_loss
+    )
+    assert calls == [] and again == resumed
+
     # A different config ignores the old checkpoint and starts afresh.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="sekd.train"):

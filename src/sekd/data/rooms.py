@@ -11,8 +11,9 @@ own RIR.
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyroomacoustics as pra
@@ -49,11 +50,6 @@ class Room:
     rt60_measured: float  # seconds, median T20 of the calibration probe RIRs
     absorption: float  # energy absorption coefficient of all surfaces after calibration
     max_order: int  # image-source order used for every RIR in this room
-
-    def as_row(self) -> dict:
-        row = asdict(self)
-        row["room_l"], row["room_w"], row["room_h"] = row.pop("dims")
-        return row
 
 
 def _uniform(rng: np.random.Generator, bounds: list[float] | tuple[float, float]) -> float:
@@ -153,12 +149,23 @@ def _rir(dims, absorption, max_order, source, mic, sample_rate) -> np.ndarray:
     return np.asarray(shoebox.rir[0][0], dtype=np.float64)
 
 
-def _sabine(rt60: float, dims: tuple[float, float, float]) -> tuple[float, int]:
+def _absorption(rt60: float, dims: tuple[float, float, float]) -> float:
+    """Inverse Sabine absorption; a target too short for the room (absorption > 1) gives 1."""
     try:
-        absorption, order = pra.inverse_sabine(rt60, list(dims))
-    except ValueError:  # target too short for this room: the absorption would exceed 1
-        absorption, order = 1.0, 0
-    return float(np.clip(absorption, MIN_ABSORPTION, 1.0)), int(order)
+        absorption, _ = pra.inverse_sabine(rt60, list(dims))
+    except ValueError:
+        absorption = 1.0
+    return float(np.clip(absorption, MIN_ABSORPTION, 1.0))
+
+
+def image_order(rt60: float, dims: tuple[float, float, float], cap: int) -> int:
+    """``ORDER_FRACTION`` of the order that reaches ``c * rt60`` in every direction, capped.
+
+    Same geometry as ``pra.inverse_sabine`` (largest sphere inside the order-N diamond of images).
+    """
+    radius = min(a * b / math.hypot(a, b) for a, b in itertools.combinations(dims, 2))
+    full = math.ceil(pra.constants.get("c") * rt60 / radius - 1)
+    return max(1, min(int(cap), math.ceil(ORDER_FRACTION * full)))
 
 
 def calibrate_room(
@@ -172,17 +179,15 @@ def calibrate_room(
     """Find the absorption whose probe RIRs measure ``rt60_target`` (median within 5%).
 
     Fixed-point update of the RT60 handed to inverse Sabine: sabine *= target / measured (at most
-    4 updates).
-    The best candidate seen is kept, so a room that cannot reach the tolerance is still as close as
-    possible; the order is fixed per room from the uncorrected target so every RIR costs the same.
-    Several probe positions, because the measured RT60 varies by about +-10% with position.
+    4 updates). The best candidate seen is kept, so a room that cannot reach the tolerance is still
+    as close as possible. The image order is fixed per room from the target, so every RIR in it
+    costs the same. Several probes, because the measured RT60 varies by about 10% with position.
     """
-    _, sabine_order = _sabine(rt60_target, dims)
-    max_order = max(1, min(max_order_cap, math.ceil(ORDER_FRACTION * sabine_order)))
+    max_order = image_order(rt60_target, dims, max_order_cap)
     sabine_target = rt60_target
     best: tuple[float, float, float] | None = None  # (error, absorption, measured)
     for _ in range(CALIBRATION_STEPS + 1):
-        absorption, _ = _sabine(sabine_target, dims)
+        absorption = _absorption(sabine_target, dims)
         rirs = [_rir(dims, absorption, max_order, src, mic, sample_rate) for src, mic in probes]
         measured = float(np.median([measure_rt60(rir, sample_rate) for rir in rirs]))
         error = abs(measured / rt60_target - 1.0)

@@ -194,8 +194,8 @@ def _log_summary(name: str, df: pd.DataFrame, rooms: int, timing: dict) -> None:
     n = len(df)
     log.info(
         "%s: %d mixtures, mean SNR %.2f dB, mean RT60 measured %.3f s (target %.3f s), mean DRR "
-        "%.1f dB; %d rooms calibrated in %.1f s; mixtures in %.1f s (%.1f mixtures/s, %.1f RIRs/s "
-        "per worker)",
+        "%.1f dB; %d rooms calibrated in %.1f s; mixtures in %.1f s (%.1f mixtures/s; "
+        "%.1f mixture RIRs per CPU second)",
         name,
         n,
         df["snr_db"].mean() if n else float("nan"),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
+from scipy.special import stdtrit
 
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, SILENCE_PEAK, read_audio
@@ -65,13 +65,21 @@ def _collect(row: dict, notes: list[str], compute: Callable[[], dict]) -> None:
         notes.append(str(err))
 
 
-def _check_shapes(reference: np.ndarray, estimate: np.ndarray, noisy: np.ndarray | None) -> None:
+def _check_inputs(reference: np.ndarray, estimate: np.ndarray, noisy: np.ndarray | None) -> None:
+    """Shape errors and a corrupt reference or mixture are data bugs; a NaN estimate is not."""
     for name, audio in (("reference", reference), ("estimate", estimate), ("noisy", noisy)):
-        if audio is not None and audio.ndim != 1:
-            raise SekdError(f"{name} must be mono (1-D), got shape {audio.shape}")
+        if audio is not None and (audio.ndim != 1 or audio.size == 0):
+            raise SekdError(f"{name} must be non-empty mono (1-D), got shape {audio.shape}")
+        if name != "estimate" and audio is not None and not np.isfinite(audio).all():
+            raise SekdError(f"{name} has NaN or Inf samples")
     lengths = {len(a) for a in (reference, estimate, noisy) if a is not None}
     if len(lengths) > 1:
         raise SekdError(f"reference/estimate/noisy lengths differ: {sorted(lengths)} samples")
+
+
+def _composite_scores(ref: np.ndarray, est: np.ndarray, pesq_wb: float) -> dict:
+    scores = composite(ref, est, SAMPLE_RATE, pesq_mos_lqo=pesq_wb)
+    return {"csig": scores.csig, "cbak": scores.cbak, "covl": scores.covl}
 
 
 def _intrusive(
@@ -93,8 +101,7 @@ def _intrusive(
         notes.append("si_sdr_i: no noisy input")
     if options.get("composite", True):
         if math.isfinite(row["pesq_wb"]):
-            scores = composite(ref, est, rate, pesq_mos_lqo=row["pesq_wb"])
-            row.update(csig=scores.csig, cbak=scores.cbak, covl=scores.covl)
+            _collect(row, notes, lambda: _composite_scores(ref, est, row["pesq_wb"]))
         else:
             notes.append("composite: needs pesq_wb")
 
@@ -110,7 +117,7 @@ def score_utterance(
     """
     reference, estimate = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
     noisy = None if noisy is None else np.asarray(noisy, np.float64)
-    _check_shapes(reference, estimate, noisy)
+    _check_inputs(reference, estimate, noisy)
     row: dict = dict.fromkeys(metric_keys(options), float("nan"))
     notes: list[str] = []
     if not np.isfinite(estimate).all():
@@ -223,7 +230,7 @@ def summarize(frame: pd.DataFrame) -> dict:
         half_width = None
         if n >= 2:
             sem = valid.std(ddof=1) / math.sqrt(n)
-            half_width = float(stats.t.ppf(0.975, n - 1) * sem)
+            half_width = float(stdtrit(n - 1, 0.975) * sem)  # Student t quantile
         summary[key] = {
             "mean": float(valid.mean()) if n else None,
             "ci95": half_width,
