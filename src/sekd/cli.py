@@ -31,6 +31,14 @@ def _config(args: argparse.Namespace) -> dict:
     return load_params(*(args.params or ["params.yaml"]))
 
 
+def _tracking(cfg: dict) -> dict:
+    """The ``tracking`` section; rules leave it out (not a rerun trigger) and set env vars instead."""
+    import os
+
+    default = {"uri": None, "experiment_prefix": os.environ.get("SEKD_EXPERIMENT_PREFIX", "sekd")}
+    return cfg.get("tracking", default)
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     _config(args)
     print("config OK")
@@ -91,6 +99,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from sekd.tracking import start_run
     from sekd.train import train_model
 
     cfg = _config(args)
@@ -98,17 +107,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_cfg = dict(section["train"])
     if args.seed is not None:
         train_cfg["seed"] = args.seed
-    train_model(
-        model_cfg=section["model"],
-        train_cfg=train_cfg,
-        train_manifest=Path(args.train),
-        valid_manifest=Path(args.valid),
-        out_dir=Path(args.out),
-        checkpoint_dir=Path(args.checkpoints),
-        threads=args.threads,
-        run_name=args.run_name,
-        phase=args.phase or args.role,
-    )
+    phase = args.phase or args.role
+    run_name = args.run_name or f"{phase}/{Path(args.out).name}"
+    with start_run(phase, run_name, tracking_cfg=_tracking(cfg)) as tracker:
+        train_model(
+            model_cfg=section["model"],
+            train_cfg=train_cfg,
+            train_manifest=Path(args.train),
+            valid_manifest=Path(args.valid),
+            out_dir=Path(args.out),
+            checkpoint_dir=Path(args.checkpoints),
+            threads=args.threads,
+            run_name=run_name,
+            phase=phase,
+            tracker=tracker,
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -122,6 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         out_dir=Path(args.out),
         options=cfg["evaluate"],
         workers=args.workers,
+        tracking_cfg=_tracking(cfg),
     )
 
 

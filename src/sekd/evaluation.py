@@ -17,7 +17,8 @@ import torch
 from sekd.data.manifest import read_manifest
 from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
-from sekd.metrics.evaluate import METRICS, score_batch, summarize
+from sekd.metrics import METRIC_KEYS
+from sekd.metrics.evaluate import score_batch, summarize
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def evaluate_system(
     out_dir: Path,
     options: dict,
     workers: int = 1,
+    tracking_cfg: dict | None = None,
 ) -> dict:
     """Enhance (unless ``model_dir`` is None) and score every utterance of ``manifest``."""
     from sekd.tracking import start_run
@@ -52,8 +54,8 @@ def evaluate_system(
     if table["target"].isna().any() or (table["target"] == "").any():
         raise SekdError(f"{manifest}: evaluation needs a target for every utterance")
     noisy = [read_audio(p) for p in table["noisy"]]
-    references = [read_audio(p, allow_silent=True) for p in table["target"]]
     estimates = noisy if model_dir is None else enhance_all(model_dir, noisy)
+    references = list(table["target"])  # paths: read inside the scoring workers
     scores = score_batch(list(table["id"]), references, estimates, noisy, options, workers)
     scores.insert(1, "speaker", table["speaker"].to_numpy())
     summary = summarize(scores)
@@ -66,7 +68,8 @@ def evaluate_system(
         write_json(tmp / "metrics.json", result)
         for i in range(min(options["examples"], len(table))):
             write_audio(tmp / "examples" / f"{table['id'].iloc[i]}.wav", estimates[i])
-    with start_run("evaluate", f"evaluate/{system}", params={"system": system, **options}) as run:
+    params = {"system": system, "manifest": str(manifest), **options}
+    with start_run("evaluate", f"evaluate/{system}", params, tracking_cfg=tracking_cfg) as run:
         run.log_metrics({f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]})
         run.log_artifact(out_dir / "per_utterance.csv")
         for wav in sorted((out_dir / "examples").glob("*.wav")):
@@ -99,7 +102,7 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
         summary = result["metrics"]
         metrics[name] = {k: round(v["mean"], 4) for k, v in summary.items() if v["n"]}
         row = {"system": name, **{k: result["system"].get(k) for k in ("params", "macs_per_second")}}
-        for key in METRICS:
+        for key in METRIC_KEYS:
             if key in summary and summary[key]["n"]:
                 row[key] = summary[key]["mean"]
                 row[f"{key}_ci95"] = summary[key]["ci95"]
@@ -112,16 +115,22 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     return table
 
 
+def _mean_ci(mean: float, ci: float | None) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    return f"{mean:.3f}" if ci is None or pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """Mean ± 95% CI per metric, one row per system."""
-    keys = [k for k in METRICS if k in table.columns]
+    keys = [k for k in METRIC_KEYS if k in table.columns]
     head = ["system", "params", "MMAC/s", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in table.iterrows():
         params = "" if pd.isna(row.get("params")) else f"{int(row['params']):,}"
         macs = row.get("macs_per_second")
         macs = "" if macs is None or pd.isna(macs) else f"{macs / 1e6:.1f}"
-        cells = [f"{row[k]:.3f} ± {row[f'{k}_ci95']:.3f}" if pd.notna(row[k]) else "" for k in keys]
+        cells = [_mean_ci(row[k], row[f"{k}_ci95"]) for k in keys]
         lines.append("| " + " | ".join([row["system"], params, macs, *cells]) + " |")
     note = "\nMean ± 95% CI (Student t) over test utterances; SI-SDR zero-mean; composite uses wb-PESQ.\n"
     return "\n".join(lines) + "\n" + note

@@ -31,9 +31,10 @@ class GlobalLayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(1, 2), keepdim=True)
-        var = (x - mean).pow(2).mean(dim=(1, 2), keepdim=True)
-        return self.gamma * (x - mean) / torch.sqrt(var + EPS) + self.beta
+        x32 = x.float()  # statistics in fp32 even under autocast
+        mean = x32.mean(dim=(1, 2), keepdim=True)
+        var = (x32 - mean).pow(2).mean(dim=(1, 2), keepdim=True)
+        return (self.gamma * (x32 - mean) / torch.sqrt(var + EPS) + self.beta).to(x.dtype)
 
 
 class CumulativeLayerNorm(nn.Module):
@@ -45,12 +46,13 @@ class CumulativeLayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()  # long cumulative sums need fp32 even under autocast
         channels, frames = x.shape[1], x.shape[2]
-        count = channels * torch.arange(1, frames + 1, device=x.device, dtype=x.dtype)
-        mean = x.sum(1, keepdim=True).cumsum(-1) / count
-        power = x.pow(2).sum(1, keepdim=True).cumsum(-1) / count
+        count = channels * torch.arange(1, frames + 1, device=x.device, dtype=torch.float32)
+        mean = x32.sum(1, keepdim=True).cumsum(-1) / count
+        power = x32.pow(2).sum(1, keepdim=True).cumsum(-1) / count
         var = (power - mean.pow(2)).clamp_min(0.0)
-        return self.gamma * (x - mean) / torch.sqrt(var + EPS) + self.beta
+        return (self.gamma * (x32 - mean) / torch.sqrt(var + EPS) + self.beta).to(x.dtype)
 
 
 def _norm(channels: int, causal: bool) -> nn.Module:
