@@ -53,7 +53,8 @@ def dag() -> dict:
         data_deps = {
             str(d.def_path)
             for d in stage.deps
-            if not isinstance(d, ParamsDependency) and not str(d.def_path).startswith(("src/", "workflow/"))
+            if not isinstance(d, ParamsDependency)
+            and not str(d.def_path).startswith(("src/", "workflow/"))
         }
         info[stage.name] = {
             "cmd": stage.cmd,

@@ -65,7 +65,9 @@ def cmd_corpus(args: argparse.Namespace) -> None:
     from sekd.data.corpus import build_corpus
 
     table = build_corpus(_config(args)["corpus"], Path(args.out), workers=args.workers)
-    log.info("corpus: %d utterances of %d speakers in %s", len(table), table.speaker.nunique(), args.out)
+    log.info(
+        "corpus: %d utterances of %d speakers in %s", len(table), table.speaker.nunique(), args.out
+    )
 
 
 def cmd_noise(args: argparse.Namespace) -> None:

@@ -67,7 +67,9 @@ def _resolve(sub: dict, root: dict) -> dict:
     return sub
 
 
-def _check_ranges(cfg: Any, sch: dict, root: dict, path: str, errors: list[tuple[str, str]]) -> None:
+def _check_ranges(
+    cfg: Any, sch: dict, root: dict, path: str, errors: list[tuple[str, str]]
+) -> None:
     sch = _resolve(sch, root)
     if sch.get("x-range") and isinstance(cfg, list) and len(cfg) == 2 and cfg[0] > cfg[1]:
         errors.append((path, f"low {cfg[0]} > high {cfg[1]}"))
@@ -94,7 +96,9 @@ def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
     needed = sum(split[k] for k in ("train", "valid", "test", "babble"))
     if cfg["corpus"]["source"] == "demo" and needed > cfg["corpus"]["demo"]["speakers"]:
         speakers = cfg["corpus"]["demo"]["speakers"]
-        problems.append(("split", f"needs {needed} speakers but corpus.demo.speakers is {speakers}"))
+        problems.append(
+            ("split", f"needs {needed} speakers but corpus.demo.speakers is {speakers}")
+        )
     if problems:
         key, message = problems[0]
         raise SekdError(f"{source}: invalid key '{key}': {message}")

@@ -101,7 +101,10 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
         name = result["system"]["system"]
         summary = result["metrics"]
         metrics[name] = {k: round(v["mean"], 4) for k, v in summary.items() if v["n"]}
-        row = {"system": name, **{k: result["system"].get(k) for k in ("params", "macs_per_second")}}
+        row = {
+            "system": name,
+            **{k: result["system"].get(k) for k in ("params", "macs_per_second")},
+        }
         for key in METRIC_KEYS:
             if key in summary and summary[key]["n"]:
                 row[key] = summary[key]["mean"]

@@ -18,14 +18,18 @@ def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = Tr
     if zero_mean:
         estimate = estimate - estimate.mean(dim=-1, keepdim=True)
         reference = reference - reference.mean(dim=-1, keepdim=True)
-    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + EPS)
+    scale = (estimate * reference).sum(-1, keepdim=True) / (
+        reference.pow(2).sum(-1, keepdim=True) + EPS
+    )
     target = scale * reference
     noise = estimate - target
     ratio = target.pow(2).sum(-1) / (noise.pow(2).sum(-1) + EPS)
     return 10 * torch.log10(ratio + EPS)
 
 
-def neg_si_sdr(estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = True) -> torch.Tensor:
+def neg_si_sdr(
+    estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = True
+) -> torch.Tensor:
     """Batch-mean negative SI-SDR, the task loss of teacher and students."""
     return -si_sdr(estimate, reference, zero_mean).mean()
 

@@ -66,7 +66,7 @@ def _frames(signal: np.ndarray, sample_rate: int) -> np.ndarray:
     skip = win // 4
     count = int(np.floor(len(signal) / skip - win / skip))
     if count < 1:
-        raise InvalidScoreError("composite: signal shorter than two 30 ms frames")
+        raise InvalidScoreError("composite: shorter than one 30 ms frame plus a 7.5 ms hop")
     window = 0.5 * (1 - np.cos(2 * np.pi * np.arange(1, win + 1) / (win + 1)))
     return sliding_window_view(signal, win)[::skip][:count] * window
 

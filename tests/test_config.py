@@ -1,0 +1,85 @@
+"""Config validation: unknown keys, wrong types and impossible ranges fail at once, naming the key."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sekd.config import deep_merge, load_params, params_hash, validate_params, validate_sections
+from sekd.errors import SekdError
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "why"),
+    [
+        (lambda c: c["synth"].update(snr_db=[5.0, -5.0]), "synth.snr_db", "low 5.0 > high -5.0"),
+        (lambda c: c["synth"].update(rt60=[0.0, 0.5]), "synth.rt60.0", "less than or equal"),
+        (lambda c: c["synth"]["room"].update(width=[6, 3]), "synth.room.width", "low 6 > high 3"),
+        (lambda c: c["synth"].update(snr=[0, 5]), "synth.snr", "snr' was unexpected"),
+        (lambda c: c["teacher"]["train"].update(lr="fast"), "teacher.train.lr", "not of type"),
+        (lambda c: c["student"]["model"].update(name="unet"), "student.model.name", "unet"),
+        (lambda c: c["teacher"]["model"]["conf"].update(hiden=3), "teacher.model.conf.hiden", ""),
+        (lambda c: c["split"].update(train=40), "split", "needs 50 speakers"),
+        (lambda c: c.pop("evaluate"), "evaluate", "required"),
+    ],
+)
+def test_invalid_params_name_the_key(params: dict, mutate, key: str, why: str) -> None:
+    bad = copy.deepcopy(params)
+    mutate(bad)
+    with pytest.raises(SekdError, match=rf"invalid key '{key}'") as err:
+        validate_params(bad)
+    assert why in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_paper_overlay_is_valid_and_changes_scale(params: dict) -> None:
+    paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
+    assert paper["teacher"]["model"]["conf"]["hidden"] == 1024
+    assert paper["teacher"]["model"]["conf"]["layers"] == 3
+    assert paper["corpus"]["source"] == "folder"
+    assert paper["tracking"] == params["tracking"]  # untouched sections survive the overlay
+    assert paper["evaluate"]["dnsmos"] == params["evaluate"]["dnsmos"]  # and untouched keys
+
+
+def test_deep_merge_and_hash_are_order_stable() -> None:
+    merged = deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}})
+    assert merged == {"a": {"b": 1, "c": 3}}
+    assert params_hash({"x": 1, "y": 2}) == params_hash({"y": 2, "x": 1})
+    assert params_hash({"x": 1}) != params_hash({"x": 2})
+
+
+def test_sections_are_validated_alone(params: dict) -> None:
+    assert validate_sections({"synth": params["synth"]})
+    with pytest.raises(SekdError, match="invalid key 'synth.snr_db'"):
+        validate_sections({"synth": {**params["synth"], "snr_db": [3, 1]}})
+    with pytest.raises(SekdError, match="invalid key 'bogus'"):
+        validate_sections({"bogus": {}})
+
+
+def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path: Path) -> None:
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump({"synth": {"rt60": [0.8, 0.3]}}))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["snakemake", "-n", "-c1", "--configfile", str(overlay)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "invalid key 'synth.rt60': low 0.8 > high 0.3" in proc.stdout + proc.stderr
