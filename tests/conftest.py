@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,3 +26,12 @@ def shared_testdata() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
+
+@pytest.fixture(scope="session")
+def pesq_pair(shared_testdata: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ``pesq`` package's reference pair (16 kHz): clean speech and babble at 0 dB, float64."""
+    folder = shared_testdata / "pesq"
+    clean, _ = sf.read(folder / "speech.wav")
+    noisy, _ = sf.read(folder / "speech_bab_0dB.wav")
+    return clean, noisy

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 from sekd.errors import SekdError
 from sekd.io import read_audio, write_audio
@@ -22,20 +19,9 @@ ALL = {"pesq_nb": True, "composite": True, "dnsmos": True}
 NO_DNSMOS = {"pesq_nb": True, "composite": True, "dnsmos": False}
 
 
-def _testdata() -> Path:
-    root = os.environ.get("SEKD_SHARED")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared"
-    return base / "testdata" / "pesq"
-
-
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
-    folder = _testdata()
-    if not folder.is_dir():
-        pytest.skip(f"shared test data not found at {folder}")
-    clean, _ = sf.read(folder / "speech.wav", dtype="float32")
-    noisy, _ = sf.read(folder / "speech_bab_0dB.wav", dtype="float32")
-    return clean, noisy
+def pair(pesq_pair) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(x.astype(np.float32) for x in pesq_pair)
 
 
 def _enhanced(clean: np.ndarray, noisy: np.ndarray, keep: float) -> np.ndarray:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import types
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.signal
-import soundfile as sf
 from pystoi import stoi
 from scipy.signal import resample_poly
 
@@ -31,21 +28,9 @@ from sekd.metrics.stoi_metric import stoi_scores
 RATE = 16000
 
 
-def _testdata() -> Path:
-    root = os.environ.get("SEKD_SHARED")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared"
-    return base / "testdata" / "pesq"
-
-
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
-    """The ``pesq`` package's own reference pair: clean speech and babble at 0 dB, 16 kHz."""
-    folder = _testdata()
-    if not folder.is_dir():
-        pytest.skip(f"shared test data not found at {folder}")
-    clean, _ = sf.read(folder / "speech.wav")
-    noisy, _ = sf.read(folder / "speech_bab_0dB.wav")
-    return clean, noisy
+def pair(pesq_pair) -> tuple[np.ndarray, np.ndarray]:
+    return pesq_pair
 
 
 @pytest.fixture(scope="module")
