@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 import yaml
 from scipy.signal import resample_poly
@@ -84,6 +85,26 @@ def read_yaml(path: str | Path) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SekdError(f"{path}: invalid YAML: {err}") from None
+
+
+def read_table(
+    path: str | Path, columns: list[str], text_columns: list[str], what: str
+) -> pd.DataFrame:
+    """Read one of sekd's CSV indexes (corpus, noise, manifest); ids stay strings, "" stays "".
+
+    A missing file, an unparsable file or missing ``columns`` raise an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SekdError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise SekdError(f"{path}: cannot read {what}: {err}") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SekdError(f"{path}: {what} lacks columns {', '.join(missing)}")
+    return df
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

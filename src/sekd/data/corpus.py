@@ -27,7 +27,7 @@ import soundfile as sf
 from sekd.data import parallel_map
 from sekd.data.espeak import Voice, synthesize
 from sekd.errors import SekdError
-from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, write_audio
+from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, read_table, write_audio
 
 log = logging.getLogger(__name__)
 
@@ -345,14 +345,8 @@ def build_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame:
 def load_utterances(corpus_dir: Path) -> pd.DataFrame:
     """The corpus index with ``path`` made absolute; speaker and utterance ids stay strings."""
     corpus_dir = Path(corpus_dir)
-    csv = corpus_dir / UTTERANCES_CSV
-    if not csv.is_file():
-        raise SekdError(f"{csv}: corpus index not found (run `sekd corpus` first)")
-    text_columns = {c: str for c in ("speaker", "utterance", "path", "text")}
-    df = pd.read_csv(csv, dtype=text_columns, keep_default_na=False)
-    missing = [c for c in UTTERANCE_COLUMNS if c not in df.columns]
-    if missing:
-        raise SekdError(f"{csv}: missing columns {missing}")
+    text_columns = ["speaker", "utterance", "path", "text"]
+    df = read_table(corpus_dir / UTTERANCES_CSV, UTTERANCE_COLUMNS, text_columns, "corpus index")
     df["path"] = [str((corpus_dir / p).resolve()) for p in df["path"]]
     df["seconds"] = df["seconds"].astype(float)
     return df

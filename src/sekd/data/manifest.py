@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from sekd.errors import SekdError
-from sekd.io import atomic_path
+from sekd.io import atomic_path, read_table
 
 MANIFEST_COLUMNS = [
     "id",
@@ -39,15 +39,7 @@ TEXT_COLUMNS = ["id", "split", "speaker", "utterance", "noisy", "target", "room_
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest: ``noisy``/``target`` become absolute paths, an empty ``target`` is None."""
     path = Path(path)
-    if not path.is_file():
-        raise SekdError(f"{path}: manifest not found")
-    try:
-        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise SekdError(f"{path}: cannot read manifest: {err}") from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing:
-        raise SekdError(f"{path}: manifest lacks columns {', '.join(missing)}")
+    df = read_table(path, MANIFEST_COLUMNS, TEXT_COLUMNS, "manifest")
     root = path.resolve().parent
     df["noisy"] = [str(root / p) for p in df["noisy"]]
     df["target"] = pd.Series([str(root / p) if p else None for p in df["target"]], dtype=object)

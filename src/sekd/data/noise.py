@@ -26,7 +26,7 @@ import pandas as pd
 from sekd.data import parallel_map
 from sekd.data.corpus import find_audio, log_formats, probe_audio, safe_name
 from sekd.errors import SekdError
-from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, write_audio
+from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, read_table, write_audio
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +204,8 @@ def build_noise(
 def load_noises(noise_dir: Path) -> pd.DataFrame:
     """The noise index with ``path`` made absolute."""
     noise_dir = Path(noise_dir)
-    csv = noise_dir / NOISES_CSV
-    if not csv.is_file():
-        raise SekdError(f"{csv}: noise index not found (run `sekd noise` first)")
-    df = pd.read_csv(
-        csv, dtype={c: str for c in ("noise_id", "kind", "path")}, keep_default_na=False
-    )
-    missing = [c for c in NOISE_COLUMNS if c not in df.columns]
-    if missing:
-        raise SekdError(f"{csv}: missing columns {missing}")
+    text_columns = ["noise_id", "kind", "path"]
+    df = read_table(noise_dir / NOISES_CSV, NOISE_COLUMNS, text_columns, "noise index")
     df["path"] = [str((noise_dir / p).resolve()) for p in df["path"]]
     df["seconds"] = df["seconds"].astype(float)
     return df

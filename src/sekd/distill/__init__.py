@@ -1,0 +1,1 @@
+"""Distillation methods, chosen by name in ``params.yaml`` (``distill.<method>``)."""
