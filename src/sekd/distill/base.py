@@ -34,7 +34,8 @@ class Distiller(nn.Module):
         self.teacher.eval()  # the teacher never leaves eval mode (no dropout/norm updates)
         return self
 
-    def state_dict(self, *args, **kwargs):  # the teacher is loaded from its folder, not checkpointed
+    def state_dict(self, *args, **kwargs):
+        """Only the method's own parts: the teacher is loaded from its folder, not checkpointed."""
         state = super().state_dict(*args, **kwargs)
         return {k: v for k, v in state.items() if not k.startswith("teacher.")}
 
