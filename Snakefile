@@ -8,10 +8,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/student.smk"
+include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 
 
-localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_evaluate
+localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_distill, phase_evaluate
 
 
 rule all:
@@ -40,6 +41,11 @@ rule phase_teacher:
 rule phase_student:
     input:
         phase_outputs("student"),
+
+
+rule phase_distill:
+    input:
+        phase_outputs("distill"),
 
 
 rule phase_evaluate:

@@ -77,11 +77,12 @@ def dvc_run(tmp_path_factory) -> Path:
 
 def test_dvc_repro_produces_every_phase(dvc_run: Path) -> None:
     metrics = json.loads((dvc_run / "results/metrics.json").read_text())
-    assert set(metrics) == {"noisy", "teacher", "nokd-0"}
+    methods = ["output_kd", "dfkd", "latent_mixup", "metricgan", "okd"]
+    assert set(metrics) == {"noisy", "teacher", "nokd-0", *(f"{m}-0" for m in methods)}
     for system in metrics.values():
         assert {"pesq_wb", "stoi", "estoi", "si_sdr", "csig", "dnsmos_ovrl"} <= set(system)
-    for folder in ("models/teacher/gru", "models/students/nokd/0"):
-        assert (dvc_run / folder / "model.safetensors").is_file()
+    for folder in ("teacher/gru", "students/nokd/0", *(f"students/{m}/0" for m in methods)):
+        assert (dvc_run / "models" / folder / "model.safetensors").is_file()
     assert (dvc_run / "data/personal/manifest.csv").is_file()
     assert (dvc_run / "mlflow.db").is_file()
 
@@ -91,16 +92,31 @@ def test_second_run_of_either_tool_is_a_noop(dvc_run: Path) -> None:
     assert planned_jobs(dvc_run) == {}
 
 
-def test_student_param_change_reruns_only_student_and_evaluation(dvc_run: Path) -> None:
-    params = yaml.safe_load((dvc_run / "params.yaml").read_text())
-    params["student"]["train"]["lr"] *= 2
-    (dvc_run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def change_params(repo: Path, edit) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> None:
+    change_params(
+        dvc_run, lambda p: p["student"]["train"].update(lr=p["student"]["train"]["lr"] * 2)
+    )
     try:
         status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
-        assert set(status) == {"student"}  # DVC reruns evaluate only once the student's outs change
+        assert set(status) == {"student", "distill"}  # evaluate follows once their outs change
         jobs = planned_jobs(dvc_run)
-        assert set(jobs) == {"train_student_nokd", "evaluate", "comparison_table", "all"}
-        assert jobs["evaluate"] == 1  # only the student's evaluation
+        assert set(jobs) == {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
+        assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
+    finally:
+        run(["git", "checkout", "params.yaml"], cwd=dvc_run)
+
+
+def test_one_method_weight_change_retrains_only_that_method(dvc_run: Path) -> None:
+    change_params(dvc_run, lambda p: p["distill"]["dfkd"].update(weight=2.0))
+    try:
+        jobs = planned_jobs(dvc_run)
+        assert jobs == {"distill": 1, "evaluate": 1, "comparison_table": 1, "all": 1}
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 

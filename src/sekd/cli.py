@@ -126,6 +126,58 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Train one student with one distillation method against the frozen teacher."""
+    from sekd.config import params_hash
+    from sekd.models.store import load_model
+    from sekd.tracking import start_run
+    from sekd.train import file_sha256, train_model
+
+    cfg = _config(args)
+    method, student = args.method, cfg["student"]
+    method_cfg = cfg["distill"][args.method]
+    train_cfg = {**student["train"], "seed": args.seed}
+    teacher_dir = Path(args.teacher)
+    identity = params_hash(
+        {method: method_cfg, "teacher": file_sha256(teacher_dir / "model.safetensors")}
+    )
+    phase, run_name = f"distill/{method}", f"distill/{method}/seed{args.seed}"
+    common = {
+        "train_manifest": Path(args.train),
+        "valid_manifest": Path(args.valid),
+        "out_dir": Path(args.out),
+        "checkpoint_dir": Path(args.checkpoints),
+        "threads": args.threads,
+    }
+    with start_run(phase, run_name, {method: method_cfg}, tracking_cfg=_tracking(cfg)) as tracker:
+        if method in ("okd", "metricgan"):
+            from sekd.distill.okd import train_okd
+
+            workers = args.workers
+            train_okd(
+                student["model"],
+                method_cfg,
+                seed=args.seed,
+                workers=workers,
+                tracker=tracker,
+                **common,
+            )
+            return
+        from sekd.distill import build_distiller
+
+        teacher = load_model(teacher_dir)
+        train_model(
+            model_cfg=student["model"],
+            train_cfg=train_cfg,
+            run_name=run_name,
+            phase=phase,
+            tracker=tracker,
+            loss_fn=build_distiller(method, teacher, method_cfg),
+            extra_hash=identity,
+            **common,
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from sekd.evaluation import evaluate_system
 
@@ -193,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-name", default=None)
     p.add_argument("--phase", default=None, help="MLflow phase (experiment suffix)")
+    p = add("distill", cmd_distill, "train a student with a distillation method")
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--train", required=True, help="training manifest.csv")
+    p.add_argument("--valid", required=True, help="validation manifest.csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoints", required=True, help="folder for resumable state")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="metric-scoring processes (OKD)")
     p = add("evaluate", cmd_evaluate, "enhance a test set with a model and score it")
     p.add_argument("--system", required=True, help="name in tables, e.g. noisy, teacher, nokd-0")
     p.add_argument("--model", default=None, help="model folder (omit for the noisy input)")

@@ -106,23 +106,35 @@ def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
 
 
 def validate_sections(sections: dict, source: str = "--config") -> dict:
-    """Validate a partial config (some top-level sections, as a workflow rule passes them)."""
+    """Validate a partial config, as a workflow rule passes it: some top-level sections, each whole
+    or (like ``{"distill": {"dfkd": {...}}}``) with only some of its keys, each validated."""
     root = schema()
     for name, value in sections.items():
         sub = root["properties"].get(name)
         if sub is None:
             raise SekdError(f"{source}: invalid key '{name}': unknown section")
-        validator = jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]})
-        error = next(iter(validator.iter_errors(value)), None)
-        if error is not None:
-            key = _key_of(error)
-            full = name if key == "<root>" else f"{name}.{key}"
-            raise SekdError(f"{source}: invalid key '{full}': {error.message}")
-        problems: list[tuple[str, str]] = []
-        _check_ranges(value, sub, root, name, problems)
-        if problems:
-            raise SekdError(f"{source}: invalid key '{problems[0][0]}': {problems[0][1]}")
+        whole = not isinstance(value, dict) or set(sub.get("required", [])) <= set(value)
+        parts = {name: (value, sub)} if whole else {}
+        for key, item in ({} if whole else value).items():
+            if key not in sub.get("properties", {}):
+                raise SekdError(f"{source}: invalid key '{name}.{key}': unknown key")
+            parts[f"{name}.{key}"] = (item, sub["properties"][key])
+        for path, (item, item_schema) in parts.items():
+            _validate_part(item, item_schema, root, path, source)
     return sections
+
+
+def _validate_part(value: Any, sub: dict, root: dict, path: str, source: str) -> None:
+    validator = jsonschema.Draft202012Validator({**sub, "$defs": root["$defs"]})
+    error = next(iter(validator.iter_errors(value)), None)
+    if error is not None:
+        key = _key_of(error)
+        full = path if key == "<root>" else f"{path}.{key}"
+        raise SekdError(f"{source}: invalid key '{full}': {error.message}")
+    problems: list[tuple[str, str]] = []
+    _check_ranges(value, sub, root, path, problems)
+    if problems:
+        raise SekdError(f"{source}: invalid key '{problems[0][0]}': {problems[0][1]}")
 
 
 def params_hash(obj: Any) -> str:

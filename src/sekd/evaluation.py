@@ -91,31 +91,57 @@ def _one_line(summary: dict) -> str:
 
 
 def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
-    """Write ``metrics.json`` (for ``dvc metrics``), ``table.md`` and ``table.csv`` under ``out_dir``."""
-    rows, metrics = [], {}
-    for folder in system_dirs:
-        path = folder / "metrics.json"
-        if not path.is_file():
-            raise SekdError(f"{path}: evaluation result not found")
-        result = json.loads(path.read_text())
-        name = result["system"]["system"]
-        summary = result["metrics"]
-        metrics[name] = {k: round(v["mean"], 4) for k, v in summary.items() if v["n"]}
-        row = {
-            "system": name,
-            **{k: result["system"].get(k) for k in ("params", "macs_per_second")},
-        }
-        for key in METRIC_KEYS:
-            if key in summary and summary[key]["n"]:
-                row[key] = summary[key]["mean"]
-                row[f"{key}_ci95"] = summary[key]["ci95"]
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    """Write ``metrics.json`` (per system, for ``dvc metrics``), ``table.md`` and ``table.csv``.
+
+    The table has one row per method: systems named ``<method>-<seed>`` are pooled, and with two or
+    more seeds the mean ± 95% CI is over the seeds' means; with one it is over test utterances.
+    """
+    results = [_read_result(folder) for folder in system_dirs]
+    metrics = {
+        r["system"]["system"]: {k: round(v["mean"], 4) for k, v in r["metrics"].items() if v["n"]}
+        for r in results
+    }
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(_method_of(result["system"]["system"]), []).append(result)
+    table = pd.DataFrame([_table_row(method, group) for method, group in groups.items()])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
     write_text(out_dir / "table.md", markdown_table(table))
     return table
+
+
+def _read_result(folder: Path) -> dict:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        raise SekdError(f"{path}: evaluation result not found")
+    return json.loads(path.read_text())
+
+
+def _method_of(system: str) -> str:
+    """``dfkd-0`` -> ``dfkd``; ``noisy`` and ``teacher`` stay as they are."""
+    stem, _, seed = system.rpartition("-")
+    return stem if stem and seed.isdigit() else system
+
+
+def _table_row(method: str, group: list[dict]) -> dict:
+    info = group[0]["system"]
+    row = {"system": method, "seeds": len(group), "ci_over": "utterances"}
+    row.update({k: info.get(k) for k in ("params", "macs_per_second")})
+    if len(group) == 1:
+        summary = group[0]["metrics"]
+    else:
+        seed_means = pd.DataFrame(
+            [{k: v["mean"] for k, v in r["metrics"].items() if v["n"]} for r in group]
+        )
+        summary = summarize(seed_means)
+        row["ci_over"] = "seeds"
+    for key in METRIC_KEYS:
+        if key in summary and summary[key]["n"]:
+            row[key] = summary[key]["mean"]
+            row[f"{key}_ci95"] = summary[key]["ci95"]
+    return row
 
 
 def _mean_ci(mean: float, ci: float | None) -> str:
@@ -127,15 +153,19 @@ def _mean_ci(mean: float, ci: float | None) -> str:
 def markdown_table(table: pd.DataFrame) -> str:
     """Mean ± 95% CI per metric, one row per system."""
     keys = [k for k in METRIC_KEYS if k in table.columns]
-    head = ["system", "params", "MMAC/s", *keys]
+    head = ["system", "seeds", "params", "MMAC/s", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in table.iterrows():
         params = "" if pd.isna(row.get("params")) else f"{int(row['params']):,}"
         macs = row.get("macs_per_second")
         macs = "" if macs is None or pd.isna(macs) else f"{macs / 1e6:.1f}"
         cells = [_mean_ci(row[k], row[f"{k}_ci95"]) for k in keys]
-        lines.append("| " + " | ".join([row["system"], params, macs, *cells]) + " |")
-    note = "\nMean ± 95% CI (Student t) over test utterances; SI-SDR zero-mean; composite uses wb-PESQ.\n"
+        seeds = str(row["seeds"])
+        lines.append("| " + " | ".join([row["system"], seeds, params, macs, *cells]) + " |")
+    note = (
+        "\nMean ± 95% CI (Student t), over seeds' means where a method has several seeds, else over"
+        " test utterances; SI-SDR zero-mean; composite uses wb-PESQ at 16 kHz.\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 

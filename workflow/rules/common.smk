@@ -19,11 +19,22 @@ CHECKPOINTS = config["paths"]["checkpoints"]
 SPLITS = ["train", "valid", "test"]
 TEACHER = f"{MODELS}/teacher/{config['teacher']['name']}"
 STUDENT_SEEDS = config["student"]["seeds"]
+DISTILL_METHODS = config["distill"]["methods"]
+DISTILL_SEEDS = config["distill"]["seeds"]
 
 
 def sections(*names):
     """The JSON `--config` argument holding only these config sections (a rule's rerun trigger)."""
     return json.dumps({name: config[name] for name in names}, sort_keys=True)
+
+
+def distill_sections(method):
+    """A method's rule reruns when its own weights, the student or the teacher change, not others'."""
+    picked = {
+        "student": config["student"],
+        "distill": {method: config["distill"][method]},
+    }
+    return json.dumps(picked, sort_keys=True)
 
 
 def student_dir(method, seed):
@@ -34,10 +45,12 @@ def systems():
     """Evaluated systems: the noisy input, the teacher and every student, name -> model folder."""
     found = {"noisy": None, "teacher": TEACHER}
     found.update({f"nokd-{seed}": student_dir("nokd", seed) for seed in STUDENT_SEEDS})
+    for method in DISTILL_METHODS:
+        found.update({f"{method}-{seed}": student_dir(method, seed) for seed in DISTILL_SEEDS})
     return found
 
 
-PHASES = ["corpus", "synth", "teacher", "student", "evaluate"]
+PHASES = ["corpus", "synth", "teacher", "student", "distill", "evaluate"]
 
 
 def phase_outputs(phase):
@@ -47,6 +60,7 @@ def phase_outputs(phase):
         "synth": [*(f"{DATA}/mixtures/{split}" for split in SPLITS), f"{DATA}/personal"],
         "teacher": [TEACHER],
         "student": [student_dir("nokd", seed) for seed in STUDENT_SEEDS],
+        "distill": [student_dir(m, seed) for m in DISTILL_METHODS for seed in DISTILL_SEEDS],
         "evaluate": [
             *(f"{RESULTS}/eval/{name}" for name in systems()),
             *(f"{RESULTS}/{name}" for name in ("metrics.json", "table.md", "table.csv")),

@@ -14,10 +14,12 @@ from torch import nn
 from sekd.errors import SekdError
 from sekd.models.convtasnet import ConvTasNet
 from sekd.models.gru_mask import GRUMaskNet
+from sekd.models.metricgan import MetricGANGRU
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "gru_mask": GRUMaskNet,
     "convtasnet": ConvTasNet,
+    "metricgan_gru": MetricGANGRU,
 }
 
 
@@ -53,4 +55,4 @@ def build_model(name: str, conf: dict | None = None) -> nn.Module:
     return _factory(name)(**conf)
 
 
-__all__ = ["MODELS", "ConvTasNet", "GRUMaskNet", "build_model", "conf_keys"]
+__all__ = ["MODELS", "ConvTasNet", "GRUMaskNet", "MetricGANGRU", "build_model", "conf_keys"]

@@ -2,7 +2,8 @@
 
 Encoder Conv1d(1, N, L, stride L/2) + ReLU -> separator (norm, 1x1 bottleneck N->B, R repeats of X
 dilated depthwise-separable 1-D conv blocks with residual and skip paths, PReLU, 1x1 skip->N, mask
-nonlinearity) -> mask times encoder output -> ConvTranspose1d decoder. Defaults are the paper's best
+nonlinearity) -> mask times encoder output -> ConvTranspose1d decoder. ``encode``/``decode``
+split ``forward`` at the summed skip path (exactly) for latent KD. Defaults are the paper's best
 non-causal configuration (N 512, L 16, B 128, H 512, P 3, X 8, R 3; skip channels = B).
 
 Normalisation follows the paper: global layer norm (gLN, statistics over channels and time) for the
@@ -12,6 +13,8 @@ current one) for the causal model, where the depthwise convolutions are also lef
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +23,13 @@ from sekd.errors import SekdError
 
 MASK_ACTIVATIONS = ("sigmoid", "relu")
 EPS = 1e-8
+
+
+class EncoderContext(NamedTuple):
+    """The decoder's side input: encoder activations ``[B, N, frames]`` and the output length."""
+
+    mix: torch.Tensor
+    length: int
 
 
 class GlobalLayerNorm(nn.Module):
@@ -103,6 +113,7 @@ class ConvTasNet(nn.Module):
             raise SekdError(f"convtasnet conf 'mask_act': {mask_act!r} not in {MASK_ACTIVATIONS}")
         self.L, self.stride, self.causal = L, L // 2, causal
         self.latent_dim = B
+        self.latent_time_axis = 2  # latent is [B, B_channels, frames]
         self.encoder = nn.Conv1d(1, N, L, stride=self.stride, bias=False)
         self.in_norm = _norm(N, causal)
         self.bottleneck = nn.Conv1d(N, B, 1)
@@ -114,11 +125,8 @@ class ConvTasNet(nn.Module):
         self.mask_act = torch.sigmoid if mask_act == "sigmoid" else torch.relu
         self.decoder = nn.ConvTranspose1d(N, 1, L, stride=self.stride, bias=False)
 
-    def forward(
-        self, wave: torch.Tensor, return_latent: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Enhance ``wave`` [B, T]; with ``return_latent`` also return the summed skip path
-        [B, B_channels, frames] (the separator's last hidden representation, for feature KD)."""
+    def context(self, wave: torch.Tensor) -> EncoderContext:
+        """What the decoder needs besides the latent: the encoder's basis activations."""
         if wave.dim() != 2:
             raise SekdError(
                 f"ConvTasNet expects a [batch, samples] waveform, got {tuple(wave.shape)}"
@@ -127,13 +135,38 @@ class ConvTasNet(nn.Module):
         # Pad so that the frames tile the signal exactly: L/2 on each side plus the remainder.
         extra = (self.stride - length % self.stride) % self.stride
         padded = F.pad(wave.unsqueeze(1), (self.stride, self.stride + extra))
-        mix = torch.relu(self.encoder(padded))
-        x = self.bottleneck(self.in_norm(mix))
+        return EncoderContext(torch.relu(self.encoder(padded)), length)
+
+    def encode(self, wave: torch.Tensor) -> tuple[torch.Tensor, EncoderContext]:
+        """First half of ``forward``: the summed skip path [B, B_channels, frames] and context."""
+        context = self.context(wave)
+        x = self.bottleneck(self.in_norm(context.mix))
         skips = torch.zeros_like(x)
         for block in self.blocks:
             x, skip = block(x)
             skips = skips + skip
+        return skips, context
+
+    def decode(self, skips: torch.Tensor, context: EncoderContext) -> torch.Tensor:
+        """Second half of ``forward``: mask from ``skips`` times the context, transposed conv."""
         mask = self.mask_act(self.mask_conv(self.out_act(skips)))
-        out = self.decoder(mix * mask).squeeze(1)
-        out = out[:, self.stride : self.stride + length]
+        out = self.decoder(context.mix * mask).squeeze(1)
+        return out[:, self.stride : self.stride + context.length]
+
+    def forward(
+        self, wave: torch.Tensor, return_latent: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Enhance ``wave`` [B, T]; with ``return_latent`` also return the summed skip path
+        [B, B_channels, frames] (the separator's last hidden representation, for feature KD)."""
+        skips, context = self.encode(wave)
+        out = self.decode(skips, context)
         return (out, skips) if return_latent else out
+
+    @property
+    def frame_grid(self) -> dict:
+        """How latent frames sit on the waveform; models with equal grids have aligned latents."""
+        return {"model": "convtasnet", "L": self.L}
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames of signals with ``lengths`` samples: which latents are not padding."""
+        return (lengths + self.stride - 1) // self.stride + 1

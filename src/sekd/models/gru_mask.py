@@ -4,6 +4,7 @@ Signal chain: STFT (Hann, ``n_fft``/``hop``, centred) -> feature -> GRU -> Linea
 that multiplies the *complex* STFT -> iSTFT to the input length. The feature is ``log1p|Y|`` by
 default (the paper feeds ``|Y|``; ``feature="magnitude"`` reproduces that): the log compresses the
 60 dB+ range of speech spectra, so a small GRU trains faster and is less sensitive to input level.
+``encode``/``decode`` split ``forward`` exactly at the GRU output, for latent feature KD.
 
 A unidirectional GRU makes the model causal up to the STFT window: an output sample depends on
 input samples at most ``n_fft - 1`` samples ahead (algorithmic latency = one window). STFT and
@@ -14,6 +15,7 @@ for many sizes.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -21,6 +23,13 @@ from torch import nn
 from sekd.errors import SekdError
 
 FEATURES = ("log1p", "magnitude")
+
+
+class STFTContext(NamedTuple):
+    """The decoder's side input: noisy complex STFT ``[B, F, frames]`` and the output length."""
+
+    spec: torch.Tensor
+    length: int
 
 
 class GRUMaskNet(nn.Module):
@@ -46,6 +55,7 @@ class GRUMaskNet(nn.Module):
             self.bins, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional
         )
         self.latent_dim = hidden * (2 if bidirectional else 1)
+        self.latent_time_axis = 1  # latent is [B, frames, H]
         self.proj = nn.Linear(self.latent_dim, self.bins)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self._init_weights()
@@ -78,23 +88,45 @@ class GRUMaskNet(nn.Module):
         mag = spec.abs().transpose(1, 2)
         return torch.log1p(mag) if self.feature == "log1p" else mag
 
-    def forward(
-        self, wave: torch.Tensor, return_latent: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Enhance ``wave`` [B, T]; ``return_latent`` adds the GRU output [B, frames, H]."""
+    def context(self, wave: torch.Tensor) -> STFTContext:
+        """What the decoder needs besides the latent: the noisy complex STFT and the length."""
         if wave.dim() != 2:
             raise SekdError(
                 f"GRUMaskNet expects a [batch, samples] waveform, got {tuple(wave.shape)}"
             )
-        length = wave.shape[-1]
         with torch.autocast(wave.device.type, enabled=False):
-            spec = self.stft(wave)
-            feats = self.features(spec)
+            return STFTContext(self.stft(wave), wave.shape[-1])
+
+    def encode(self, wave: torch.Tensor) -> tuple[torch.Tensor, STFTContext]:
+        """First half of ``forward``: GRU output [B, frames, H] and the decoder's context."""
+        context = self.context(wave)
+        with torch.autocast(wave.device.type, enabled=False):
+            feats = self.features(context.spec)
         latent, _ = self.gru(feats)
+        return latent, context
+
+    def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
+        """Second half of ``forward``: mask from ``latent`` applied to ``context``'s STFT, iSTFT."""
         mask = torch.sigmoid(self.proj(latent)).float().transpose(1, 2)
-        with torch.autocast(wave.device.type, enabled=False):
-            enhanced = self.istft(spec * mask, length)
+        with torch.autocast(latent.device.type, enabled=False):
+            return self.istft(context.spec * mask, context.length)
+
+    def forward(
+        self, wave: torch.Tensor, return_latent: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Enhance ``wave`` [B, T]; ``return_latent`` adds the GRU output [B, frames, H]."""
+        latent, context = self.encode(wave)
+        enhanced = self.decode(latent, context)
         return (enhanced, latent) if return_latent else enhanced
+
+    @property
+    def frame_grid(self) -> dict:
+        """How latent frames sit on the waveform; models with equal grids have aligned latents."""
+        return {"model": "gru_mask", "n_fft": self.n_fft, "hop": self.hop}
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames (centred STFT) of signals with ``lengths`` samples: which latents are not padding."""
+        return lengths // self.hop + 1
 
     def fft_macs(self, num_samples: int) -> float:
         """Real MACs per ``num_samples`` for STFT + iSTFT (+ window, mask), see ``complexity``."""

@@ -1,0 +1,281 @@
+"""Latent-mixup KD: exact encode/decode split, the three variants' gradients, λ = 1, FitNets zero,
+padding masks, framing errors, and a real training run that resumes with the adapter restored."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
+from sekd.distill.latent_mixup import LatentMixupKD, frame_mask, masked_mse, mix
+from sekd.errors import SekdError
+from sekd.io import write_audio
+from sekd.losses.sisdr import neg_si_sdr
+from sekd.models import build_model
+from sekd.models.store import save_model
+from sekd.train import CHECKPOINT, KILL_ENV, train_model
+
+GRU = {"layers": 1, "n_fft": 128, "hop": 64}
+TASNET = {"N": 16, "L": 8, "H": 16, "P": 3, "X": 2, "R": 1}
+CFG = {"variant": "teacher_student", "alpha": 0.4, "beta1": 1.0, "beta2": 1.0, "gamma": 1.0}
+VARIANTS = ("teacher_student", "manifold", "feature_mse")
+
+
+def gru(hidden: int, **conf) -> torch.nn.Module:
+    return build_model("gru_mask", {**GRU, "hidden": hidden, **conf})
+
+
+def speech_like(batch: int, samples: int, seed: int = 0) -> dict:
+    """Harmonic 'speech' + noise with per-item lengths; samples past each length are zero."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / 16000
+    f0 = 100 + 150 * torch.rand(batch, 1, generator=gen)
+    clean = sum(torch.sin(2 * torch.pi * f0 * k * t) / k for k in range(1, 6)) * 0.05
+    noisy = clean + 0.02 * torch.randn(batch, samples, generator=gen)
+    lengths = torch.full((batch,), samples)
+    lengths[::2] = samples * 3 // 4
+    keep = torch.arange(samples) < lengths[:, None]
+    return {"noisy": noisy * keep, "target": clean * keep, "lengths": lengths}
+
+
+@pytest.mark.parametrize(
+    ("name", "conf"), [("gru_mask", {**GRU, "hidden": 8}), ("convtasnet", {**TASNET, "B": 8})]
+)
+def test_encode_decode_split_is_exact_and_frames_are_counted(name, conf):
+    torch.manual_seed(0)
+    model = build_model(name, conf).eval()
+    wave = torch.randn(3, 4001)
+    latent, context = model.encode(wave)
+    assert torch.equal(model.decode(latent, context), model(wave))
+    assert torch.equal(latent, model(wave, return_latent=True)[1])
+    for length in (4001, 3000, 2817):  # frame counts of the unpadded signals
+        frames = model.encode(wave[:, :length])[0].shape[model.latent_time_axis]
+        assert int(model.num_frames(torch.tensor(length))) == frames
+
+
+def teacher_student_pair(kind: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    if kind == "gru_mask":
+        return gru(24), gru(8)
+    return build_model("convtasnet", {**TASNET, "B": 12}), build_model(
+        "convtasnet", {**TASNET, "B": 6}
+    )
+
+
+@pytest.mark.parametrize("kind", ["gru_mask", "convtasnet"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_backpropagate_into_student_and_adapter_not_teacher(variant, kind):
+    teacher, student = teacher_student_pair(kind)
+    before = copy.deepcopy(teacher.state_dict())
+    cfg = {**CFG, "variant": variant, "beta1": 0.5, "beta2": 2.0, "gamma": 0.3}
+    kd = LatentMixupKD(teacher, cfg)  # lazy adapter, as build_distiller makes it
+    batch = speech_like(4, 4000)
+    neg_si_sdr(student(batch["noisy"]), batch["target"]).backward()
+    used = [
+        n for n, p in student.named_parameters() if p.grad is not None
+    ]  # not Tas' last residual
+    student.zero_grad(set_to_none=True)
+    loss, parts = kd(student, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    expected = {"task", "feat", "total", "si_sdr"} | (
+        {"mix"} if variant != "feature_mse" else set()
+    )
+    assert set(parts) == expected
+    weight = {"teacher_student": cfg["beta1"], "manifold": cfg["gamma"]}.get(variant, 0.0)
+    combined = parts["task"] + cfg["beta2"] * parts["feat"] + weight * parts.get("mix", 0.0)
+    assert float(parts["total"]) == pytest.approx(float(combined), rel=1e-6)
+    assert float(parts["feat"]) > 0
+    params = dict(student.named_parameters())
+    for name, param in [*((n, params[n]) for n in used), *kd.adapter.named_parameters()]:
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert kd.adapter.weight.grad.abs().sum() > 0
+    assert kd.adapter.weight.shape == (teacher.latent_dim, student.latent_dim)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert not any(k.startswith("teacher.") for k in kd.state_dict())
+
+
+class UnitLambda(LatentMixupKD):
+    """λ forced to 1: the mixed latent is the teacher's own."""
+
+    def sample_lambda(self, batch: int) -> torch.Tensor:
+        return torch.ones(batch)
+
+
+def test_unit_lambda_reduces_the_mixed_decode_to_the_teacher_output():
+    teacher, student = teacher_student_pair("gru_mask")
+    batch = speech_like(4, 4000, seed=1)
+    kd = UnitLambda(teacher.eval(), CFG, student=student)
+    with torch.no_grad():
+        teacher_out = teacher(batch["noisy"])
+        h_t, context = kd.encode(teacher, batch["noisy"])
+        h_s, _ = kd.encode(student, batch["noisy"])
+        projected = kd.adapter(h_s)
+        unit = kd.decode(teacher, mix(h_t, projected, torch.ones(4, 1, 1)), context)
+        zero = kd.decode(teacher, mix(h_t, projected, torch.zeros(4, 1, 1)), context)
+    assert torch.allclose(unit, teacher_out, atol=1e-5)
+    assert not torch.allclose(zero, teacher_out, atol=1e-3)  # λ does matter
+    _, parts = kd(student, batch)
+    own = neg_si_sdr(teacher_out, batch["target"])
+    assert float(parts["mix"]) == pytest.approx(float(own), abs=1e-5)
+
+
+def test_feature_mse_vanishes_when_the_adapter_maps_student_to_teacher_exactly():
+    torch.manual_seed(0)
+    teacher = gru(8)
+    student = copy.deepcopy(teacher)  # same latent as the teacher...
+    kd = LatentMixupKD(teacher, {**CFG, "variant": "feature_mse"}, student=student)
+    with torch.no_grad():  # ...and P = identity
+        kd.adapter.weight.copy_(torch.eye(8))
+        kd.adapter.bias.zero_()
+    batch = speech_like(4, 4000)
+    loss, parts = kd(student, batch)
+    assert float(parts["feat"]) < 1e-12
+    assert float(loss.detach()) == pytest.approx(float(parts["task"]), abs=1e-9)
+    with torch.no_grad():
+        kd.adapter.bias.fill_(0.1)
+    assert float(kd(student, batch)[1]["feat"]) == pytest.approx(0.01, rel=1e-5)
+
+
+def test_padding_frames_are_masked_out():
+    model = gru(4)
+    lengths = torch.tensor([4000, 3000, 64])
+    mask = frame_mask(model, lengths, 3, 4000 // 64 + 1, "cpu")
+    assert mask.sum(1).tolist() == [63, 47, 2]
+    estimate, target = torch.randn(3, 63, 5), torch.randn(3, 63, 5)
+    padded = torch.where(mask[..., None], target, target + 100.0)  # differs only in padding
+    assert float(masked_mse(estimate, padded, mask)) == pytest.approx(
+        float(masked_mse(estimate, target, mask)), rel=1e-6
+    )
+    diff = (estimate - target).pow(2)[mask].mean()
+    assert float(masked_mse(estimate, target, mask)) == pytest.approx(float(diff), rel=1e-6)
+
+
+def test_framing_and_config_errors_name_the_culprit():
+    teacher = gru(16)
+    other = gru(8, n_fft=256)
+    conf = r"teacher\.model\.conf .* student\.model\.conf"
+    with pytest.raises(SekdError, match=conf):
+        LatentMixupKD(teacher, CFG, student=other)
+    with pytest.raises(SekdError, match=conf):  # the lazy path checks at the first batch
+        LatentMixupKD(teacher, CFG)(other, speech_like(2, 2000))
+    tasnet = build_model("convtasnet", {**TASNET, "B": 4})
+    with pytest.raises(SekdError, match=conf):
+        LatentMixupKD(teacher, CFG, student=tasnet)
+    with pytest.raises(SekdError, match="student.model.name: Linear has no 'encode'"):
+        LatentMixupKD(teacher, CFG, student=torch.nn.Linear(2, 2))
+    for bad, match in [
+        ({"variant": "cutmix"}, "distill.latent_mixup.variant"),
+        ({"alpha": 0}, "distill.latent_mixup.alpha"),
+        ({"beta2": -1}, "distill.latent_mixup.beta2"),
+        ({"gama": 1}, "distill.latent_mixup.gama: unknown"),
+    ]:
+        with pytest.raises(SekdError, match=match):
+            LatentMixupKD(teacher, {**CFG, **bad})
+
+
+# ---------------------------------------------------------------- a real training run
+
+
+MODEL = {"name": "gru_mask", "conf": {"hidden": 8, "layers": 1, "n_fft": 128, "hop": 64}}
+TRAIN = {
+    "epochs": 3,
+    "batch_size": 4,
+    "segment_seconds": 0.4,
+    "lr": 1e-2,
+    "weight_decay": 1e-2,
+    "grad_clip": 5.0,
+    "patience": 3,
+    "seed": 0,
+    "amp": True,
+}
+
+
+def write_set(root: Path, name: str, count: int, seconds: float, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    rows = []
+    for index in range(count):
+        clean = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 250) * t) * (1 + np.sin(7 * t))
+        uid = f"{name}{index:02d}"
+        write_audio(root / f"{uid}_noisy.wav", clean + 0.03 * rng.standard_normal(t.size))
+        write_audio(root / f"{uid}_target.wav", clean)
+        row = dict.fromkeys(MANIFEST_COLUMNS, "")
+        row.update(id=uid, split=name, speaker="s0", noisy=f"{uid}_noisy.wav")
+        row.update(target=f"{uid}_target.wav", seconds=seconds)
+        rows.append(row)
+    path = root / f"{name}.csv"
+    write_manifest(pd.DataFrame(rows), path)
+    return path
+
+
+RUN_SCRIPT = """
+import json, sys
+from sekd.distill.latent_mixup import LatentMixupKD
+from sekd.models.store import load_model
+from sekd.train import train_model
+args = json.loads(sys.argv[1])
+loss_fn = LatentMixupKD(load_model(args.pop("teacher_dir")), args.pop("cfg"))
+train_model(**args, loss_fn=loss_fn)
+"""
+
+
+def test_train_model_with_latent_mixup_resumes_with_the_adapter_restored(tmp_path, caplog):
+    train = write_set(tmp_path, "train", 8, 0.5, seed=0)
+    valid = write_set(tmp_path, "valid", 2, 0.5, seed=1)
+    torch.manual_seed(1)
+    teacher_cfg = {"name": "gru_mask", "conf": {**MODEL["conf"], "hidden": 24}}
+    teacher = build_model(teacher_cfg["name"], teacher_cfg["conf"])
+    save_model(tmp_path / "teacher", teacher, teacher_cfg)
+    common = {"model_cfg": MODEL, "train_cfg": TRAIN, "train_manifest": str(train)}
+    common.update(valid_manifest=str(valid), threads=1, extra_hash=CFG)
+
+    reference = train_model(
+        **common,
+        out_dir=tmp_path / "ref",
+        checkpoint_dir=tmp_path / "ref_ckpt",
+        loss_fn=LatentMixupKD(teacher, CFG),
+    )
+    ref_state = torch.load(tmp_path / "ref_ckpt" / CHECKPOINT, weights_only=True)
+    assert set(ref_state["loss_fn"]) == {"adapter.weight", "adapter.bias"}
+    history = pd.read_csv(tmp_path / "ref" / "history.csv")
+    assert {"train_task", "train_feat", "train_mix", "train_total"} <= set(history.columns)
+    assert np.isfinite(reference["best_valid_si_sdr"])
+
+    args = {**common, "out_dir": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "ckpt")}
+    args.update(teacher_dir=str(tmp_path / "teacher"), cfg=CFG)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_SCRIPT, json.dumps(args)],
+        env={**os.environ, KILL_ENV: "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9, proc.stderr
+    killed = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
+    assert killed["epoch"] == 1
+
+    fresh = LatentMixupKD(teacher, CFG)  # adapter not even built yet: the checkpoint fills it
+    with caplog.at_level(logging.INFO, logger="sekd.train"):
+        resumed = train_model(
+            **common, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", loss_fn=fresh
+        )
+    assert "resumed after epoch 1" in caplog.text
+    final = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
+    for key, value in ref_state["loss_fn"].items():  # the same adapter as the uninterrupted run
+        assert torch.equal(value, final["loss_fn"][key]), key
+        assert torch.equal(value, fresh.state_dict()[key]), key
+        assert not torch.equal(value, killed["loss_fn"][key]), key  # and it kept training
+    for key, value in ref_state["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    assert resumed["best_valid_si_sdr"] == reference["best_valid_si_sdr"]
