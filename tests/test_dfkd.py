@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import tiny_train
 
 from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.distill import DISTILLERS, build_distiller
@@ -186,17 +187,7 @@ def test_config_and_registry_errors():
 
 # ---------------------------------------------------------------- a real training run
 
-TRAIN = {
-    "epochs": 2,
-    "batch_size": 4,
-    "segment_seconds": 0.4,
-    "lr": 1e-2,
-    "weight_decay": 1e-2,
-    "grad_clip": 5.0,
-    "patience": 3,
-    "seed": 0,
-    "amp": True,
-}
+TRAIN = tiny_train(epochs=2)
 
 RUN_SCRIPT = """
 import json, sys

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import TINY_MODEL, tiny_train
 
 from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.distill.latent_mixup import LatentMixupKD, frame_mask, masked_mse, mix
@@ -188,18 +189,8 @@ def test_framing_and_config_errors_name_the_culprit():
 # ---------------------------------------------------------------- a real training run
 
 
-MODEL = {"name": "gru_mask", "conf": {"hidden": 8, "layers": 1, "n_fft": 128, "hop": 64}}
-TRAIN = {
-    "epochs": 3,
-    "batch_size": 4,
-    "segment_seconds": 0.4,
-    "lr": 1e-2,
-    "weight_decay": 1e-2,
-    "grad_clip": 5.0,
-    "patience": 3,
-    "seed": 0,
-    "amp": True,
-}
+MODEL = TINY_MODEL
+TRAIN = tiny_train(epochs=3)
 
 
 def write_set(root: Path, name: str, count: int, seconds: float, seed: int) -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import TINY_MODEL, tiny_train
 
 from sekd.data.datasets import MixtureDataset, NoisyDataset, collate
 from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
@@ -21,18 +22,8 @@ from sekd.io import write_audio
 from sekd.models.store import load_model
 from sekd.train import CHECKPOINT, KILL_ENV, evaluate_si_sdr, task_loss, train_model
 
-MODEL = {"name": "gru_mask", "conf": {"hidden": 8, "layers": 1, "n_fft": 128, "hop": 64}}
-TRAIN = {
-    "epochs": 5,
-    "batch_size": 4,
-    "segment_seconds": 0.4,
-    "lr": 1e-2,
-    "weight_decay": 1e-2,
-    "grad_clip": 5.0,
-    "patience": 3,
-    "seed": 0,
-    "amp": True,
-}
+MODEL = TINY_MODEL
+TRAIN = tiny_train(epochs=5)
 STEPS_PER_EPOCH = 3  # 10 training utterances in batches of 4
 
 
