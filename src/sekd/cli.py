@@ -138,8 +138,13 @@ def cmd_distill(args: argparse.Namespace) -> None:
     method_cfg = cfg["distill"][args.method]
     train_cfg = {**student["train"], "seed": args.seed}
     teacher_dir = Path(args.teacher)
+    cache_teacher = bool(cfg["distill"].get("cache_teacher", True))
     identity = params_hash(
-        {method: method_cfg, "teacher": file_sha256(teacher_dir / "model.safetensors")}
+        {
+            method: method_cfg,
+            "cache_teacher": cache_teacher,
+            "teacher": file_sha256(teacher_dir / "model.safetensors"),
+        }
     )
     phase, run_name = f"distill/{method}", f"distill/{method}/seed{args.seed}"
     common = {
@@ -160,9 +165,14 @@ def cmd_distill(args: argparse.Namespace) -> None:
                 seed=args.seed,
                 workers=workers,
                 tracker=tracker,
+                init_weights=args.init,
                 **common,
             )
             return
+        if args.init:
+            raise SekdError(
+                f"--init: only okd and metricgan start from the no-KD student, not {method}"
+            )
         from sekd.distill import build_distiller
 
         teacher = load_model(teacher_dir)
@@ -172,7 +182,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
             run_name=run_name,
             phase=phase,
             tracker=tracker,
-            loss_fn=build_distiller(method, teacher, method_cfg),
+            loss_fn=build_distiller(method, teacher, method_cfg, cache_teacher),
             extra_hash=identity,
             **common,
         )
@@ -255,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", required=True, help="folder for resumable state")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="metric-scoring processes (OKD)")
+    p.add_argument("--init", default=None, help="no-KD student folder (OKD/MetricGAN+ init: nokd)")
     p = add("evaluate", cmd_evaluate, "enhance a test set with a model and score it")
     p.add_argument("--system", required=True, help="name in tables, e.g. noisy, teacher, nokd-0")
     p.add_argument("--model", default=None, help="model folder (omit for the noisy input)")

@@ -18,7 +18,7 @@ from sekd.data.manifest import read_manifest
 from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
-from sekd.metrics.evaluate import score_batch, summarize
+from sekd.metrics.evaluate import DNSMOS_SCORED, score_batch, summarize
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ def evaluate_system(
     scores.insert(1, "speaker", table["speaker"].to_numpy())
     summary = summarize(scores)
     info: dict = {"system": system, "manifest": str(manifest), "utterances": len(table)}
+    if DNSMOS_SCORED in scores.columns:
+        info["dnsmos_utterances"] = int(scores[DNSMOS_SCORED].sum())
     if model_dir is not None:
         info.update(_model_info(model_dir))
     result = {"system": info, "metrics": summary}
@@ -128,7 +130,8 @@ def _method_of(system: str) -> str:
 def _table_row(method: str, group: list[dict]) -> dict:
     info = group[0]["system"]
     row = {"system": method, "seeds": len(group), "ci_over": "utterances"}
-    row.update({k: info.get(k) for k in ("params", "macs_per_second")})
+    row.update({k: info.get(k) for k in ("params", "macs_per_second", "utterances")})
+    row["dnsmos_utterances"] = info.get("dnsmos_utterances", info.get("utterances"))
     if len(group) == 1:
         summary = group[0]["metrics"]
     else:
@@ -166,6 +169,13 @@ def markdown_table(table: pd.DataFrame) -> str:
         "\nMean ± 95% CI (Student t), over seeds' means where a method has several seeds, else over"
         " test utterances; SI-SDR zero-mean; composite uses wb-PESQ at 16 kHz.\n"
     )
+    if any(k.startswith("dnsmos_") for k in keys) and "utterances" in table.columns:
+        first = table.iloc[0]
+        if first["dnsmos_utterances"] != first["utterances"]:
+            note += (
+                f"DNSMOS on {int(first['dnsmos_utterances'])} evenly spaced of the "
+                f"{int(first['utterances'])} test utterances (evaluate.dnsmos_utterances).\n"
+            )
     return "\n".join(lines) + "\n" + note
 
 

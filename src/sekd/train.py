@@ -185,9 +185,15 @@ class Trainer:
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
         self.train_set = MixtureDataset(
-            train_manifest, self.cfg["segment_seconds"], self.cfg["seed"]
+            train_manifest,
+            self.cfg["segment_seconds"],
+            self.cfg["seed"],
+            crop_grid=getattr(self.loss_fn, "crop_grid", 1),
         )
         self.valid_set = MixtureDataset(valid_manifest, None, self.cfg["seed"])
+        prepare = getattr(self.loss_fn, "prepare", None)
+        if prepare is not None:  # e.g. a distiller caching its frozen teacher's outputs
+            prepare(self.train_set, self.device)
         self.optimizer = torch.optim.AdamW(
             self._trainable(), lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"]
         )

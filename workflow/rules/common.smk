@@ -32,7 +32,10 @@ def distill_sections(method):
     """A method's rule reruns when its own weights, the student or the teacher change, not others'."""
     picked = {
         "student": config["student"],
-        "distill": {method: config["distill"][method]},
+        "distill": {
+            method: config["distill"][method],
+            "cache_teacher": config["distill"]["cache_teacher"],
+        },
     }
     return json.dumps(picked, sort_keys=True)
 

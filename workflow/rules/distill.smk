@@ -2,8 +2,17 @@
 # and epochs of the no-KD baseline and the same frozen teacher.
 
 
+def distill_init(wildcards):
+    """MetricGAN-family students with ``init: nokd`` start from the no-KD student of their seed."""
+    method_cfg = config["distill"][wildcards.method]
+    if method_cfg.get("init", "scratch") == "nokd":
+        return {"init": student_dir("nokd", wildcards.seed)}
+    return {}
+
+
 rule distill:
     input:
+        unpack(distill_init),
         train=f"{DATA}/mixtures/train",
         valid=f"{DATA}/mixtures/valid",
         teacher=TEACHER,
@@ -15,6 +24,7 @@ rule distill:
     params:
         cfg=lambda wildcards: distill_sections(wildcards.method),
         checkpoints=f"{CHECKPOINTS}/students/{{method}}/{{seed}}",
+        init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
     log:
         "logs/distill/{method}/{seed}.log",
     benchmark:
@@ -30,4 +40,5 @@ rule distill:
         "SEKD_RULE={rule} sekd distill --config {params.cfg:q} --method {wildcards.method}"
         " --seed {wildcards.seed} --teacher {input.teacher}"
         " --train {input.train}/manifest.csv --valid {input.valid}/manifest.csv"
-        " --out {output} --checkpoints {params.checkpoints} --threads {threads} 2> {log}"
+        " --out {output} --checkpoints {params.checkpoints} --threads {threads}"
+        " {params.init} 2> {log}"

@@ -19,7 +19,7 @@ rule evaluate:
         "logs/evaluate/{system}.log",
     benchmark:
         "logs/benchmarks/evaluate/{system}.tsv"
-    threads: workflow.cores
+    threads: min(config["evaluate"]["threads"], workflow.cores)
     resources:
         mem_mb=8000,
         runtime=60,

@@ -33,8 +33,10 @@ class AudioSet(Dataset):
     """Utterances of a manifest (``noisy`` and, unless ``with_target`` is False, ``target``).
 
     ``segment_seconds=None`` (evaluation) yields whole utterances; otherwise each item is a random
-    crop of that length (zero-padded at the end when the utterance is shorter), re-drawn per epoch.
-    Items are dicts: ``id``, ``noisy`` [T], ``target`` [T] (if loaded), ``length`` (valid samples).
+    crop of that length (zero-padded at the end when the utterance is shorter), re-drawn per epoch,
+    starting on a multiple of ``crop_grid`` samples (a teacher cache of frame latents needs its hop).
+    Items are dicts: ``id``, ``noisy`` [T], ``target`` [T] (if loaded), ``length`` (valid samples),
+    ``offset`` (where the crop starts in the utterance).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class AudioSet(Dataset):
         seed: int = 0,
         with_target: bool = True,
         sample_rate: int = SAMPLE_RATE,
+        crop_grid: int = 1,
     ) -> None:
         self.manifest_path = Path(manifest_path)
         table = _read_manifest(self.manifest_path)
@@ -58,7 +61,9 @@ class AudioSet(Dataset):
         self.segment = None if segment_seconds is None else round(segment_seconds * sample_rate)
         if self.segment is not None and self.segment < 1:
             raise SekdError(f"segment_seconds: {segment_seconds} gives an empty crop")
-        self.seed, self.epoch = int(seed), 0
+        if crop_grid < 1:
+            raise SekdError(f"crop_grid: {crop_grid} must be a positive number of samples")
+        self.seed, self.epoch, self.crop_grid = int(seed), 0, int(crop_grid)
 
     def _load_targets(self, table: pd.DataFrame, sample_rate: int) -> list[np.ndarray]:
         if "target" not in table or not all(_present(p) for p in table["target"]):
@@ -88,7 +93,8 @@ class AudioSet(Dataset):
         if self.segment is None or total <= self.segment:
             return 0, total
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return int(rng.integers(0, total - self.segment + 1)), self.segment
+        slots = (total - self.segment) // self.crop_grid + 1
+        return int(rng.integers(0, slots)) * self.crop_grid, self.segment
 
     def _cut(self, audio: np.ndarray, offset: int, length: int) -> torch.Tensor:
         size = length if self.segment is None else self.segment
@@ -102,6 +108,7 @@ class AudioSet(Dataset):
             "id": self.ids[index],
             "noisy": self._cut(self.noisy[index], offset, length),
             "length": length,
+            "offset": offset,
         }
         if self.target is not None:
             item["target"] = self._cut(self.target[index], offset, length)
@@ -112,18 +119,26 @@ class MixtureDataset(AudioSet):
     """(noisy, target) pairs for supervised training and validation."""
 
     def __init__(
-        self, manifest_path: str | Path, segment_seconds: float | None = None, seed: int = 0
+        self,
+        manifest_path: str | Path,
+        segment_seconds: float | None = None,
+        seed: int = 0,
+        crop_grid: int = 1,
     ) -> None:
-        super().__init__(manifest_path, segment_seconds, seed, with_target=True)
+        super().__init__(manifest_path, segment_seconds, seed, True, crop_grid=crop_grid)
 
 
 class NoisyDataset(AudioSet):
     """Noisy-only utterances (test-time adaptation sets have no clean target)."""
 
     def __init__(
-        self, manifest_path: str | Path, segment_seconds: float | None = None, seed: int = 0
+        self,
+        manifest_path: str | Path,
+        segment_seconds: float | None = None,
+        seed: int = 0,
+        crop_grid: int = 1,
     ) -> None:
-        super().__init__(manifest_path, segment_seconds, seed, with_target=False)
+        super().__init__(manifest_path, segment_seconds, seed, False, crop_grid=crop_grid)
 
 
 def collate(items: list[dict]) -> dict:
@@ -132,6 +147,7 @@ def collate(items: list[dict]) -> dict:
     batch: dict = {
         "ids": [item["id"] for item in items],
         "lengths": torch.tensor([item["length"] for item in items], dtype=torch.long),
+        "offsets": torch.tensor([item.get("offset", 0) for item in items], dtype=torch.long),
     }
     for key in ("noisy", "target"):
         if key in items[0]:

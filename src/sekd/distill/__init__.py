@@ -22,14 +22,21 @@ DISTILLERS: dict[str, type[Distiller]] = {
 }
 
 
-def build_distiller(method: str, teacher: nn.Module, cfg: dict) -> Distiller:
-    """The ``method`` distiller around the frozen ``teacher``; ``cfg`` is ``distill.<method>``."""
+def build_distiller(
+    method: str, teacher: nn.Module, cfg: dict, cache_teacher: bool = True
+) -> Distiller:
+    """The ``method`` distiller around the frozen ``teacher``; ``cfg`` is ``distill.<method>``.
+
+    ``cache_teacher`` runs the teacher once per training utterance instead of once per step.
+    """
     if method not in DISTILLERS:
         raise SekdError(
             f"distill.methods: {method!r} is not a loss-based distillation method; "
             f"known: {', '.join(sorted(DISTILLERS))}"
         )
-    return DISTILLERS[method](teacher, cfg)
+    distiller = DISTILLERS[method](teacher, cfg)
+    distiller.use_cache = distiller.use_cache and cache_teacher
+    return distiller
 
 
 __all__ = ["DISTILLERS", "DFKD", "Distiller", "LatentMixupKD", "OutputKD", "build_distiller"]

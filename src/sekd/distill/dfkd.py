@@ -45,7 +45,7 @@ class DFKD(Distiller):
 
     def forward(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         estimate = student(batch["noisy"])
-        teacher = self.teacher_output(batch["noisy"])
+        teacher = self.teacher_output(batch)
         task = self.task_loss(estimate, batch["target"])
         low, high = dfkd_loss(
             estimate,

@@ -123,6 +123,7 @@ class LatentMixupKD(Distiller):
     """
 
     name: ClassVar[str] = "latent_mixup"
+    CACHED: ClassVar[str | None] = "latent"
 
     def __init__(self, teacher: nn.Module, cfg: dict, student: nn.Module | None = None) -> None:
         super().__init__(teacher, check_cfg(cfg))
@@ -147,6 +148,16 @@ class LatentMixupKD(Distiller):
         """Decode a ``[B, frames, C]`` latent with ``model``'s decoder."""
         return model.decode(latent.movedim(1, model.latent_time_axis), context)
 
+    def teacher_latent_of(self, noisy: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.teacher, noisy)[0]
+
+    @torch.no_grad()
+    def teacher_latent(self, batch: dict, frames: int) -> torch.Tensor:
+        """``h_T`` ``[B, frames, C]`` of the batch, from the cache when it holds these crops."""
+        if self.cache is not None and "offsets" in batch:
+            return self.cache.crop(batch, frames)
+        return self.teacher_latent_of(batch["noisy"])
+
     def sample_lambda(self, batch: int) -> torch.Tensor:
         """Per-item mixing weights ``[B]`` from Beta(α, α) on the global CPU generator."""
         alpha = torch.tensor(float(self.cfg["alpha"]))
@@ -159,8 +170,7 @@ class LatentMixupKD(Distiller):
         noisy, target = batch["noisy"], batch["target"]
         h_s, context_s = self.encode(student, noisy)
         task = self.task_loss(self.decode(student, h_s, context_s), target)
-        with torch.no_grad():
-            h_t, context_t = self.encode(self.teacher, noisy)
+        h_t = self.teacher_latent(batch, h_s.shape[1]).to(h_s.dtype)
         mask = frame_mask(student, batch.get("lengths"), *h_s.shape[:2], h_s.device)
         variant = self.cfg["variant"]
         if variant == "manifold":
@@ -174,6 +184,7 @@ class LatentMixupKD(Distiller):
             if variant == "teacher_student":
                 lam = self.sample_lambda(noisy.shape[0]).to(h_t.device, h_t.dtype)[:, None, None]
                 h_mix = mix(h_t, projected.to(h_t.dtype), lam)
+                context_t = self.teacher.context(noisy)
                 mixed = self.task_loss(self.decode(self.teacher, h_mix, context_t), target)
                 total = total + self.cfg["beta1"] * mixed
         components = {"task": task, "feat": feat, "total": total, "si_sdr": -task}

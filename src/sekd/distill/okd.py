@@ -64,13 +64,18 @@ from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, atomic_dir, atomic_path, write_json
 from sekd.metrics import InvalidScoreError
 from sekd.metrics.composite import composite
-from sekd.metrics.evaluate import _init_worker, _single_thread_environment, _torch_single_thread
+from sekd.metrics.evaluate import (
+    _init_worker,
+    _single_thread_environment,
+    _torch_single_thread,
+    evenly_spaced,
+)
 from sekd.metrics.pesq_metric import pesq_score
 from sekd.metrics.stoi_metric import stoi_scores
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters, macs_per_second
 from sekd.models.metricgan import MetricDiscriminator, MetricGANGRU, discriminator_input
-from sekd.models.store import save_model
+from sekd.models.store import WEIGHTS, load_weights, save_model
 from sekd.tracking import NullTracker
 from sekd.train import (
     KILL_ENV,
@@ -99,7 +104,13 @@ CLEAN_TARGET = 1.0
 COMMON_KEYS = ("epochs", "samples_per_epoch", "hist_portion", "lr", "grad_clip", "min_mask")
 OKD_KEYS = ("metrics", "alpha", *COMMON_KEYS)
 METRICGAN_KEYS = ("metric", *COMMON_KEYS)
-OPTIONAL_KEYS: dict[str, Any] = {"segment_seconds": None, "valid_utterances": None}
+OPTIONAL_KEYS: dict[str, Any] = {
+    "segment_seconds": None,
+    "valid_utterances": None,
+    "init": "scratch",
+}
+INITS = ("scratch", "nokd")  # nokd: every generator starts from the no-KD student of its seed
+GENERATOR_ONLY_KEYS = ("activation.slope",)  # MetricGAN's learnable-sigmoid slopes (init 1)
 
 
 # ---------------------------------------------------------------- metric normalisation
@@ -225,6 +236,8 @@ def okd_config(cfg: dict) -> dict:
     if single:
         out["metrics"], out["alpha"] = [out.pop("metric")], 0.0
     out["metrics"] = list(out["metrics"])
+    if out["init"] not in INITS:
+        raise SekdError(f"{section} key 'init': {out['init']!r} is not one of {INITS}")
     bad = [m for m in out["metrics"] if m not in METRICS]
     if bad or not out["metrics"] or len(set(out["metrics"])) != len(out["metrics"]):
         raise SekdError(
@@ -384,13 +397,6 @@ def fixed_crop(length: int, segment: int | None, seed: int, index: int) -> tuple
     return int(rng.integers(0, length - segment + 1)), segment
 
 
-def evenly_spaced(total: int, count: int | None) -> list[int]:
-    """``count`` indices spread over ``range(total)`` (all when ``count`` is None or larger)."""
-    if count is None or count >= total:
-        return list(range(total))
-    return sorted({round(x) for x in np.linspace(0, total - 1, count)})
-
-
 class OKDTrainer:
     """State and phases of one MetricGAN-OKD (or MetricGAN+) run; see :func:`train_okd`."""
 
@@ -403,6 +409,7 @@ class OKDTrainer:
         checkpoint_dir: str | Path,
         threads: int = 1,
         seed: int = 0,
+        init_weights: str | Path | None = None,
     ) -> None:
         self.cfg = okd_config(okd_cfg)
         self.metrics: list[str] = self.cfg["metrics"]
@@ -416,6 +423,10 @@ class OKDTrainer:
             build_model(GENERATOR_MODEL, self.model_cfg["conf"]).to(self.device)
             for _ in self.metrics
         ]
+        init_weights = self._init_weights(init_weights)
+        for generator in self.generators:
+            if init_weights is not None:
+                load_weights(generator, init_weights, self.device, GENERATOR_ONLY_KEYS)
         self.g_optimizers = [
             torch.optim.Adam(g.parameters(), lr=self.cfg["lr"]) for g in self.generators
         ]
@@ -434,6 +445,7 @@ class OKDTrainer:
             self.model_cfg,
             self.cfg,
             [train_manifest, valid_manifest],
+            init_weights,
             extra={"method": self.method, "seed": self.seed},
         )
         self.epoch = 0
@@ -443,6 +455,18 @@ class OKDTrainer:
             for g in self.generators
         ]
         self.valid_input: dict[str, float] = {}
+
+    def _init_weights(self, init_weights: str | Path | None) -> Path | None:
+        """The student weights to start from: required by ``init: nokd``, refused otherwise."""
+        section = f"distill.{self.method}.init"
+        if self.cfg["init"] == "scratch":
+            if init_weights is not None:
+                raise SekdError(f"{section}: scratch, but initial weights were given")
+            return None
+        if init_weights is None:
+            raise SekdError(f"{section}: nokd needs the no-KD student's weights (--init)")
+        path = Path(init_weights)
+        return path / WEIGHTS if path.is_dir() else path
 
     # ------------------------------------------------------------ data
 
@@ -819,17 +843,27 @@ def train_okd(
     workers: int = 1,
     seed: int = 0,
     tracker: NullTracker | None = None,
+    init_weights: str | Path | None = None,
 ) -> dict:
     """Train (or resume) MetricGAN-OKD (``distill.okd``) or MetricGAN+ (``distill.metricgan``).
 
     Writes ``out_dir`` atomically: generator 0 (the first target metric) as an ordinary student
     model folder that ``load_model`` reads, the other generators under ``generators/<metric>/``,
     ``metrics.json`` and ``history.csv``; returns the metrics. ``workers`` metric-scoring
-    processes are kept for the run (``<= 1``: score in this process).
+    processes are kept for the run (``<= 1``: score in this process). ``init_weights`` (a model
+    folder or safetensors file of the student architecture) starts every generator from it, as
+    ``init: nokd`` asks.
     """
     tracker = tracker or NullTracker()
     trainer = OKDTrainer(
-        student_model_cfg, okd_cfg, train_manifest, valid_manifest, checkpoint_dir, threads, seed
+        student_model_cfg,
+        okd_cfg,
+        train_manifest,
+        valid_manifest,
+        checkpoint_dir,
+        threads,
+        seed,
+        init_weights,
     )
     log.info(
         "%s: %d generator(s) %s for %s on %s, %d train / %d valid utterances, config %s",

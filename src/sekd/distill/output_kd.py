@@ -41,7 +41,7 @@ class OutputKD(Distiller):
 
     def forward(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         estimate = student(batch["noisy"])
-        teacher = self.teacher_output(batch["noisy"])
+        teacher = self.teacher_output(batch)
         task = self.task_loss(estimate, batch["target"])
         kd = self.distance(estimate, teacher, batch.get("lengths"))
         total = task + self.weight * kd

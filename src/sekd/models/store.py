@@ -56,8 +56,14 @@ def read_spec(model_dir: str | Path) -> dict:
     return spec
 
 
-def load_weights(model: nn.Module, weights: str | Path, device: str | torch.device = "cpu") -> None:
-    """Load a safetensors file into ``model`` (strict: every key must match)."""
+def load_weights(
+    model: nn.Module,
+    weights: str | Path,
+    device: str | torch.device = "cpu",
+    missing_ok: tuple[str, ...] = (),
+) -> None:
+    """Load a safetensors file into ``model``: every key must match, except that the file may
+    lack the ``missing_ok`` keys (parts a derived model adds, e.g. MetricGAN's mask slopes)."""
     weights = Path(weights)
     if not weights.is_file():
         raise SekdError(f"{weights}: weights file not found")
@@ -66,10 +72,13 @@ def load_weights(model: nn.Module, weights: str | Path, device: str | torch.devi
     except SafetensorError as err:
         raise SekdError(f"{weights}: cannot read safetensors: {err}") from None
     try:
-        model.load_state_dict(tensors, strict=True)
+        result = model.load_state_dict(tensors, strict=not missing_ok)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise SekdError(f"{weights}: weights do not match the model: {first}") from None
+    wrong = [*result.unexpected_keys, *(k for k in result.missing_keys if k not in missing_ok)]
+    if wrong:
+        raise SekdError(f"{weights}: weights do not match the model: key '{wrong[0]}'")
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
