@@ -12,7 +12,14 @@ import pytest
 from sekd.errors import SekdError
 from sekd.io import read_audio, write_audio
 from sekd.metrics import METRIC_KEYS
-from sekd.metrics.evaluate import metric_keys, score_batch, score_utterance, summarize
+from sekd.metrics.evaluate import (
+    DNSMOS_SCORED,
+    evenly_spaced,
+    metric_keys,
+    score_batch,
+    score_utterance,
+    summarize,
+)
 from sekd.metrics.sisdr import si_sdr_db
 
 ALL = {"pesq_nb": True, "composite": True, "dnsmos": True}
@@ -120,3 +127,20 @@ def test_summarize_excludes_invalid_rows():
     assert summary["stoi"] == {"mean": None, "ci95": None, "n": 0, "n_invalid": 4}
     assert set(summary) == {"pesq_wb", "stoi"}
     json.dumps(summary, allow_nan=False)
+
+
+def test_dnsmos_runs_on_an_evenly_spaced_subset_that_summarize_respects(pair):
+    clean, noisy = pair
+    count = 5
+    options = {**NO_DNSMOS, "dnsmos": True, "composite": False, "dnsmos_utterances": 2}
+    frame = score_batch(
+        [f"u{i}" for i in range(count)], [clean] * count, [noisy] * count, [noisy] * count, options
+    )
+    assert frame[DNSMOS_SCORED].tolist() == [True, False, False, False, True]  # first and last
+    assert frame.loc[frame[DNSMOS_SCORED], "dnsmos_ovrl"].notna().all()
+    assert frame.loc[~frame[DNSMOS_SCORED], "dnsmos_ovrl"].isna().all()
+    summary = summarize(frame)
+    assert (summary["dnsmos_ovrl"]["n"], summary["dnsmos_ovrl"]["n_invalid"]) == (2, 0)
+    assert (summary["pesq_wb"]["n"], summary["pesq_wb"]["n_invalid"]) == (count, 0)
+    assert evenly_spaced(80, 20)[:3] == [0, 4, 8] and len(evenly_spaced(80, 20)) == 20
+    assert evenly_spaced(3, None) == evenly_spaced(3, 9) == [0, 1, 2]

@@ -19,3 +19,28 @@ def tiny_train(**overrides) -> dict:
         "amp": True,
     }
     return {**base, **overrides}
+
+
+def write_tiny_set(root, name: str, count: int, seconds: float, seed: int):
+    """A manifest of ``count`` tone-in-noise utterances (noisy and target WAVs) under ``root``."""
+    import numpy as np
+    import pandas as pd
+
+    from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
+    from sekd.io import write_audio
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    rows = []
+    for index in range(count):
+        clean = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 250) * t) * (1 + np.sin(7 * t))
+        uid = f"{name}{index:02d}"
+        write_audio(root / f"{uid}_noisy.wav", clean + 0.03 * rng.standard_normal(t.size))
+        write_audio(root / f"{uid}_target.wav", clean)
+        row = dict.fromkeys(MANIFEST_COLUMNS, "")
+        row.update(id=uid, split=name, speaker="s0", noisy=f"{uid}_noisy.wav")
+        row.update(target=f"{uid}_target.wav", seconds=seconds)
+        rows.append(row)
+    path = root / f"{name}.csv"
+    write_manifest(pd.DataFrame(rows), path)
+    return path
