@@ -10,9 +10,10 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/student.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/adapt.smk"
 
 
-localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_distill, phase_evaluate
+localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_distill, phase_evaluate, phase_adapt, personal_table
 
 
 rule all:
@@ -51,3 +52,8 @@ rule phase_distill:
 rule phase_evaluate:
     input:
         phase_outputs("evaluate"),
+
+
+rule phase_adapt:
+    input:
+        phase_outputs("adapt"),

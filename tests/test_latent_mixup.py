@@ -132,6 +132,40 @@ def test_unit_lambda_reduces_the_mixed_decode_to_the_teacher_output():
     assert float(parts["mix"]) == pytest.approx(float(own), abs=1e-5)
 
 
+class ZeroLambda(LatentMixupKD):
+    """λ forced to 0: the mixed latent is the adapted student latent alone."""
+
+    def sample_lambda(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch)
+
+
+def test_zero_lambda_reduces_the_mixed_decode_to_the_adapted_student_path():
+    teacher, student = teacher_student_pair("gru_mask")
+    batch = speech_like(4, 4000, seed=1)
+    cfg = {**CFG, "beta1": 1.0, "beta2": 0.0}  # only the mixed decode reaches the adapter
+    kd = ZeroLambda(teacher.eval(), cfg, student=student)
+    noisy, target = batch["noisy"], batch["target"]
+
+    def adapted_path() -> torch.Tensor:
+        """Task loss of the frozen teacher decoder on P(h_S), with the teacher's noisy context."""
+        h_s, _ = kd.encode(student, noisy)
+        return neg_si_sdr(kd.decode(teacher, kd.adapter(h_s), teacher.context(noisy)), target)
+
+    expected = adapted_path()
+    _, parts = kd(student, batch)
+    assert float(parts["mix"]) == pytest.approx(float(expected.detach()), abs=1e-5)
+    with torch.no_grad():  # λ = 1 gives the teacher's own output (test above): λ does matter
+        own = neg_si_sdr(teacher(noisy), target)
+    assert abs(float(parts["mix"]) - float(own)) > 0.1
+    # the gradient into the adapter is that of the adapted path alone (h_T carries no weight)
+    grads = torch.autograd.grad(expected, list(kd.adapter.parameters()))
+    loss, _ = kd(student, batch)
+    loss.backward()
+    for param, grad in zip(kd.adapter.parameters(), grads, strict=True):
+        assert grad.abs().sum() > 0
+        assert torch.allclose(param.grad, grad, rtol=1e-4, atol=1e-7)
+
+
 def test_feature_mse_vanishes_when_the_adapter_maps_student_to_teacher_exactly():
     torch.manual_seed(0)
     teacher = gru(8)

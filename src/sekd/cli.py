@@ -188,6 +188,36 @@ def cmd_distill(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_adapt(args: argparse.Namespace) -> None:
+    """Personalise a student on one speaker's noisy adaptation set (zero-shot: no clean speech)."""
+    from sekd.adapt import adapt_speaker
+    from sekd.tracking import parent_run, start_run
+
+    cfg = _config(args)
+    tracking = _tracking(cfg)
+    student = cfg["adapt"]["student"]
+    parent = parent_run("adapt", f"adapt/{student}", tracking)
+    run_name = f"adapt/{student}/{args.speaker}"
+    tags = {"sekd.speaker": args.speaker, "sekd.student": student}
+    with start_run("adapt", run_name, None, tags, tracking, parent) as tracker:
+        adapt_speaker(
+            cfg["adapt"],
+            student_dir=Path(args.student),
+            teacher_dir=Path(args.teacher),
+            manifest=Path(args.manifest),
+            out_dir=Path(args.out),
+            checkpoint_dir=Path(args.checkpoints),
+            threads=args.threads,
+            tracker=tracker,
+        )
+
+
+def cmd_personal_table(args: argparse.Namespace) -> None:
+    from sekd.evaluation import write_personal_table
+
+    write_personal_table([Path(p) for p in args.results], Path(args.out))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from sekd.evaluation import evaluate_system
 
@@ -200,6 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         options=cfg["evaluate"],
         workers=args.workers,
         tracking_cfg=_tracking(cfg),
+        phase=args.phase,
     )
 
 
@@ -272,9 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--phase", default="evaluate", help="MLflow phase (experiment suffix)")
     p = add("table", cmd_table, "combine evaluated systems into the comparison table")
     p.add_argument("--out", required=True, help="results folder for metrics.json, table.md/csv")
     p.add_argument("systems", nargs="+", help="evaluation folders, one per system")
+    p = add("adapt", cmd_adapt, "personalise a student on one speaker's noisy recordings")
+    p.add_argument("--speaker", required=True)
+    p.add_argument("--student", required=True, help="student model folder to start from")
+    p.add_argument("--teacher", required=True, help="teacher model folder (pseudo-targets)")
+    p.add_argument("--manifest", required=True, help="the speaker's noisy-only adapt manifest.csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoints", required=True, help="folder for resumable state")
+    p.add_argument("--threads", type=int, default=1)
+    p = add("personal-table", cmd_personal_table, "per-speaker personalisation table and plot")
+    p.add_argument("--out", required=True, help="folder for metrics.json, table.md/csv, gains.png")
+    p.add_argument("results", nargs="+", help="folders <speaker>/<role> of evaluate results")
     return parser
 
 

@@ -46,6 +46,7 @@ def evaluate_system(
     options: dict,
     workers: int = 1,
     tracking_cfg: dict | None = None,
+    phase: str = "evaluate",
 ) -> dict:
     """Enhance (unless ``model_dir`` is None) and score every utterance of ``manifest``."""
     from sekd.tracking import start_run
@@ -71,7 +72,7 @@ def evaluate_system(
         for i in range(min(options["examples"], len(table))):
             write_audio(tmp / "examples" / f"{table['id'].iloc[i]}.wav", estimates[i])
     params = {"system": system, "manifest": str(manifest), **options}
-    with start_run("evaluate", f"evaluate/{system}", params, tracking_cfg=tracking_cfg) as run:
+    with start_run(phase, f"evaluate/{system}", params, tracking_cfg=tracking_cfg) as run:
         run.log_metrics({f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]})
         run.log_artifact(out_dir / "per_utterance.csv")
         for wav in sorted((out_dir / "examples").glob("*.wav")):
@@ -195,3 +196,101 @@ def summary_text(cfg: dict) -> str:
     if table.is_file():
         lines += ["", table.read_text()]
     return "\n".join(lines)
+
+
+PERSONAL_METRICS = ("si_sdr", "pesq_wb", "stoi", "dnsmos_ovrl")
+PERSONAL_ROLES = ("teacher", "unadapted", "personalised")
+
+
+def write_personal_table(result_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
+    """Per-speaker personalisation results: ``table.md``/``.csv``, ``metrics.json``, ``gains.png``.
+
+    ``result_dirs`` are evaluation folders named ``<speaker>/<role>`` (role: teacher, unadapted,
+    personalised). A speaker's gain is personalised minus un-adapted on its held-out test set; the
+    mean gain's 95% CI is a Student t interval over speakers.
+    """
+    scores: dict[str, dict[str, dict]] = {}
+    for folder in result_dirs:
+        role, speaker = folder.name, folder.parent.name
+        if role not in PERSONAL_ROLES:
+            raise SekdError(
+                f"{folder}: expected a <speaker>/<role> folder, role in {PERSONAL_ROLES}"
+            )
+        scores.setdefault(speaker, {})[role] = _read_result(folder)["metrics"]
+    rows = []
+    for speaker, roles in sorted(scores.items()):
+        missing = [r for r in PERSONAL_ROLES if r not in roles]
+        if missing:
+            raise SekdError(f"speaker {speaker}: no '{missing[0]}' evaluation among the inputs")
+        row: dict = {"speaker": speaker}
+        for key in PERSONAL_METRICS:
+            for role in PERSONAL_ROLES:
+                row[f"{key}_{role}"] = (roles[role].get(key) or {}).get("mean")
+            row[f"{key}_gain"] = _difference(row[f"{key}_personalised"], row[f"{key}_unadapted"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    gains = summarize(
+        table.rename(columns={f"{k}_gain": k for k in PERSONAL_METRICS})[list(PERSONAL_METRICS)]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", {"mean_gain": gains, "speakers": len(table)})
+    write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
+    write_text(out_dir / "table.md", _personal_markdown(table, gains))
+    _gains_plot(table, gains, out_dir / "gains.png")
+    return table
+
+
+def _difference(first: float | None, second: float | None) -> float | None:
+    return None if first is None or second is None else first - second
+
+
+def _personal_markdown(table: pd.DataFrame, gains: dict) -> str:
+    head = ["speaker"]
+    for key in PERSONAL_METRICS:
+        head += [f"{key} {role}" for role in PERSONAL_ROLES] + [f"{key} gain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in table.iterrows():
+        cells = [row["speaker"]]
+        for key in PERSONAL_METRICS:
+            for suffix in (*PERSONAL_ROLES, "gain"):
+                value = row[f"{key}_{suffix}"]
+                cells.append("" if value is None or pd.isna(value) else f"{value:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    mean = ["**mean**"]
+    for key in PERSONAL_METRICS:
+        for role in PERSONAL_ROLES:
+            mean.append(f"{table[f'{key}_{role}'].astype(float).mean():.3f}")
+        mean.append(_mean_ci(gains[key]["mean"], gains[key]["ci95"]))
+    lines.append("| " + " | ".join(mean) + " |")
+    positive = int((table["si_sdr_gain"].astype(float) > 0).sum())
+    note = (
+        f"\nGain = personalised − un-adapted student on each speaker's held-out test set (true clean"
+        f" targets); mean gain ± 95% CI (Student t over {len(table)} speakers). SI-SDR gain "
+        f"positive for {positive} of {len(table)} speakers.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def _gains_plot(table: pd.DataFrame, gains: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sekd.io import atomic_path
+
+    values = table["si_sdr_gain"].astype(float).to_numpy()
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.6 * len(values) + 2), 3.2))
+    axis.bar(table["speaker"], values, color=np.where(values >= 0, "tab:green", "tab:red"))
+    mean, ci = gains["si_sdr"]["mean"], gains["si_sdr"]["ci95"] or 0.0
+    axis.axhline(mean, color="black", linewidth=1, label=f"mean {mean:.2f} ± {ci:.2f} dB (95% CI)")
+    axis.axhspan(mean - ci, mean + ci, color="black", alpha=0.1)
+    axis.axhline(0, color="grey", linewidth=0.5)
+    axis.set_xlabel("test speaker")
+    axis.set_ylabel("SI-SDR gain (dB)")
+    axis.set_title("Personalised vs un-adapted student")
+    axis.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)

@@ -213,6 +213,40 @@ def tracking_enabled() -> bool:
     return os.environ.get("SEKD_TRACKING", "on").lower() not in ("0", "off", "false", "no")
 
 
+def parent_run(
+    phase: str, run_name: str, tracking_cfg: Mapping[str, Any] | None = None
+) -> str | None:
+    """The id of run ``run_name`` in the phase's experiment that groups parallel jobs' runs.
+
+    Created by the first job that asks (under the store's creation lock, so concurrent jobs on one
+    host share one) and closed at once: it is a folder for the children, which name it in their
+    ``mlflow.parentRunId`` tag. None when tracking is off.
+    """
+    if not tracking_enabled():
+        return None
+    from mlflow import MlflowClient
+
+    cfg = dict(tracking_cfg or {})
+    uri = tracking_uri(cfg)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    experiment = f"{cfg.get('experiment_prefix', 'sekd')}/{phase}"
+    with _creation_lock(db):
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(
+            client, experiment, db.parent / "mlartifacts" if db else None
+        )
+        query = f"tags.`sekd.parent` = '{run_name}'"
+        found = _retry(client.search_runs, [experiment_id], query, max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {**run_tags({}, None), "sekd.parent": run_name}
+        run = _retry(client.create_run, experiment_id, tags=tags, run_name=run_name)
+        _retry(client.set_terminated, run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+
 @contextlib.contextmanager
 def start_run(
     phase: str,

@@ -184,13 +184,7 @@ class Trainer:
         self.loss_fn = loss_fn or task_loss
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
-        self.train_set = MixtureDataset(
-            train_manifest,
-            self.cfg["segment_seconds"],
-            self.cfg["seed"],
-            crop_grid=getattr(self.loss_fn, "crop_grid", 1),
-        )
-        self.valid_set = MixtureDataset(valid_manifest, None, self.cfg["seed"])
+        self.train_set, self.valid_set = self.make_datasets(train_manifest, valid_manifest)
         prepare = getattr(self.loss_fn, "prepare", None)
         if prepare is not None:  # e.g. a distiller caching its frozen teacher's outputs
             prepare(self.train_set, self.device)
@@ -208,6 +202,18 @@ class Trainer:
         self.best_state = _cpu_state(self.model)
         self.finished = False
         self.resumed_from = 0
+
+    def make_datasets(
+        self, train_manifest: str | Path, valid_manifest: str | Path
+    ) -> tuple[AudioSet, AudioSet]:
+        """Training crops and whole validation utterances (subclasses pick other sets)."""
+        train_set = MixtureDataset(
+            train_manifest,
+            self.cfg["segment_seconds"],
+            self.cfg["seed"],
+            crop_grid=getattr(self.loss_fn, "crop_grid", 1),
+        )
+        return train_set, MixtureDataset(valid_manifest, None, self.cfg["seed"])
 
     def _trainable(self) -> list[nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]

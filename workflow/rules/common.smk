@@ -53,7 +53,8 @@ def systems():
     return found
 
 
-PHASES = ["corpus", "synth", "teacher", "student", "distill", "evaluate"]
+PHASES = ["corpus", "synth", "teacher", "student", "distill", "evaluate", "adapt"]
+PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 
 
 def phase_outputs(phase):
@@ -68,6 +69,7 @@ def phase_outputs(phase):
             *(f"{RESULTS}/eval/{name}" for name in systems()),
             *(f"{RESULTS}/{name}" for name in ("metrics.json", "table.md", "table.csv")),
         ],
+        "adapt": [f"{RESULTS}/personal/{name}" for name in PERSONAL_TABLE],
     }
     return outputs[phase]
 

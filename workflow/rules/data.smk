@@ -67,7 +67,7 @@ rule synth:
         " --corpus {input.corpus} --noise {input.noise} --out {output} --workers {threads} 2> {log}"
 
 
-rule synth_personal:
+checkpoint synth_personal:
     input:
         corpus=f"{DATA}/corpus",
         noise=f"{DATA}/noise",

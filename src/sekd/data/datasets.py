@@ -47,9 +47,12 @@ class AudioSet(Dataset):
         with_target: bool = True,
         sample_rate: int = SAMPLE_RATE,
         crop_grid: int = 1,
+        rows: list[int] | None = None,
     ) -> None:
         self.manifest_path = Path(manifest_path)
         table = _read_manifest(self.manifest_path)
+        if rows is not None:  # a subset of the manifest (e.g. a held-out part of one speaker's set)
+            table = table.iloc[list(rows)].reset_index(drop=True)
         if table.empty:
             raise SekdError(f"{self.manifest_path}: manifest has no rows")
         self.ids = [str(i) for i in table["id"]]
@@ -137,8 +140,11 @@ class NoisyDataset(AudioSet):
         segment_seconds: float | None = None,
         seed: int = 0,
         crop_grid: int = 1,
+        rows: list[int] | None = None,
     ) -> None:
-        super().__init__(manifest_path, segment_seconds, seed, False, crop_grid=crop_grid)
+        super().__init__(
+            manifest_path, segment_seconds, seed, False, crop_grid=crop_grid, rows=rows
+        )
 
 
 def collate(items: list[dict]) -> dict:

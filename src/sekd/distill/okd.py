@@ -26,15 +26,18 @@ generator by its own target metric, on ``valid_utterances`` evenly spaced uttera
 code picks by test PESQ); the history's audio is kept as float16 shard files in the checkpoint
 folder (the official code keeps 16-bit WAVs on disk), and the current set is rounded the same way;
 ``segment_seconds`` optionally crops every training utterance once (a fixed crop per utterance, so
-the noisy-score cache stays valid) to make the demo affordable on a CPU. STOI/ESTOI targets are an
-extension: the official SE code has no STOI target.
+the noisy-score cache stays valid) to make the demo affordable on a CPU; ``init: nokd`` starts
+every generator from the no-KD student of the same seed (its GRU and mask projection; the
+learnable-sigmoid slopes keep their init of 1), so a CPU-sized budget fine-tunes a working student
+instead of leaving a random one (the official code trains from scratch: ``init: scratch``).
+STOI/ESTOI targets are an extension: the official SE code has no STOI target.
 
 Cost. The discriminator dominates: on a 1 s crop at hop 128 (126 x 257 bins) a D step takes about
 0.65 s of one CPU core and a generator step (D forward, backward to its input) about 0.4 s. An
 epoch makes ``N * n`` generator steps and ``5 n + int(hist_portion * H)`` D steps (``n`` utterances,
 ``H`` the history size), plus scoring and validation, so the official 750 x 100 schedule on whole
-utterances is GPU work; the demo values in params.yaml (4 epochs x 8 one-second crops) take about
-3 minutes of one core.
+utterances is GPU work; the demo values in params.yaml (3 epochs x 6 one-second crops) take about
+a minute and a half of one core.
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+# Phase 4: zero-shot personalisation. For each held-out test speaker, the student named by
+# adapt.student is fine-tuned on the speaker's noisy adaptation set with the frozen teacher's outputs
+# as targets, then teacher, un-adapted and personalised student are scored on the speaker's
+# held-out test set. The speakers are known once synthesis has run (a checkpoint), and a speaker's
+# jobs form one group so a cluster gets one job per speaker, not one per step.
+
+ADAPT_ROLES = ["teacher", "unadapted", "personalised"]
+
+
+def adapt_student():
+    """The folder of adapt.student (`nokd-<seed>` or `<method>-<seed>`)."""
+    return systems()[config["adapt"]["student"]]
+
+
+def personal_speakers():
+    """Test speakers with a personal set, read from the synthesised personal manifest."""
+    import pandas as pd
+
+    folder = checkpoints.synth_personal.get().output[0]
+    return sorted(pd.read_csv(f"{folder}/manifest.csv")["speaker"].astype(str).unique())
+
+
+def role_model(wildcards):
+    """The model a personal evaluation scores."""
+    models = {
+        "teacher": TEACHER,
+        "unadapted": adapt_student(),
+        "personalised": f"{MODELS}/personal/{wildcards.speaker}",
+    }
+    return models[wildcards.role]
+
+
+def personal_results(wildcards=None):
+    return expand(
+        f"{RESULTS}/personal/eval/{{speaker}}/{{role}}",
+        speaker=personal_speakers(),
+        role=ADAPT_ROLES,
+    )
+
+
+rule adapt:
+    input:
+        personal=f"{DATA}/personal",
+        student=adapt_student(),
+        teacher=TEACHER,
+    output:
+        directory(f"{MODELS}/personal/{{speaker}}"),
+    params:
+        cfg=sections("adapt"),
+        checkpoints=f"{CHECKPOINTS}/personal/{{speaker}}",
+    log:
+        "logs/adapt/{speaker}.log",
+    benchmark:
+        "logs/benchmarks/adapt/{speaker}.tsv"
+    group:
+        "personal"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd adapt --config {params.cfg:q} --speaker {wildcards.speaker}"
+        " --student {input.student} --teacher {input.teacher}"
+        " --manifest {input.personal}/{wildcards.speaker}/adapt/manifest.csv"
+        " --out {output} --checkpoints {params.checkpoints} --threads {threads} 2> {log}"
+
+
+rule evaluate_personal:
+    input:
+        personal=f"{DATA}/personal",
+        model=role_model,
+    output:
+        directory(f"{RESULTS}/personal/eval/{{speaker}}/{{role}}"),
+    wildcard_constraints:
+        role="|".join(ADAPT_ROLES),
+    params:
+        cfg=sections("evaluate"),
+    log:
+        "logs/evaluate_personal/{speaker}/{role}.log",
+    benchmark:
+        "logs/benchmarks/evaluate_personal/{speaker}/{role}.tsv"
+    group:
+        "personal"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd evaluate --config {params.cfg:q}"
+        " --system {wildcards.speaker}/{wildcards.role} --model {input.model}"
+        " --manifest {input.personal}/{wildcards.speaker}/test/manifest.csv --out {output}"
+        " --workers {threads} --phase adapt 2> {log}"
+
+
+rule personal_table:
+    input:
+        personal_results,
+    output:
+        **{name: f"{RESULTS}/personal/{name}" for name in PERSONAL_TABLE},
+    log:
+        "logs/personal_table.log",
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "sekd personal-table --out {RESULTS}/personal {input} 2> {log}"
