@@ -76,12 +76,18 @@ def test_every_stage_runs_its_phase_target(dag: dict) -> None:
         assert f"rule phase_{name}:" in snakefile, name
 
 
+# Per-speaker outputs exist only once synthesis has named the test speakers (a Snakemake
+# checkpoint), so a dry run from scratch cannot list them; the stage still declares their folders.
+PER_SPEAKER_OUTS = {"adapt": {"models/personal", "results/personal/eval"}}
+
+
 def test_stage_outs_are_exactly_the_phase_outputs(dag: dict) -> None:
     for name, stage in dag.items():
         own, outs = stage["own"], stage["outs"]
         assert own, name
         assert all(covered(path, outs) for path in own), (name, own, outs)
-        assert all(any(covered(p, {out}) for p in own) for out in outs), (name, own, outs)
+        static = outs - PER_SPEAKER_OUTS.get(name, set())
+        assert all(any(covered(p, {out}) for p in own) for out in static), (name, own, outs)
 
 
 def test_stage_deps_cover_every_upstream_output(dag: dict) -> None:

@@ -87,6 +87,19 @@ def test_dvc_repro_produces_every_phase(dvc_run: Path) -> None:
     assert (dvc_run / "mlflow.db").is_file()
 
 
+def test_every_test_speaker_is_personalised_and_evaluated(dvc_run: Path) -> None:
+    speakers = sorted(p.name for p in (dvc_run / "data/personal").iterdir() if p.is_dir())
+    assert len(speakers) == 2  # split.test in the tiny overlay
+    for speaker in speakers:
+        assert (dvc_run / "models/personal" / speaker / "model.safetensors").is_file()
+        for role in ("teacher", "unadapted", "personalised"):
+            assert (dvc_run / "results/personal/eval" / speaker / role / "metrics.json").is_file()
+    table = (dvc_run / "results/personal/table.md").read_text()
+    assert all(f"| {speaker} |" in table for speaker in speakers)
+    gains = json.loads((dvc_run / "results/personal/metrics.json").read_text())["mean_gain"]
+    assert gains["si_sdr"]["n"] == 2 and gains["si_sdr"]["mean"] is not None
+
+
 def test_second_run_of_either_tool_is_a_noop(dvc_run: Path) -> None:
     assert "up to date" in run(["dvc", "repro"], cwd=dvc_run).stdout
     assert planned_jobs(dvc_run) == {}
@@ -106,8 +119,11 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
         status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
         assert set(status) == {"student", "distill"}  # evaluate follows once their outs change
         jobs = planned_jobs(dvc_run)
-        assert set(jobs) == {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
+        students = {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
+        personal = {"adapt", "evaluate_personal", "personal_table"}  # adapt.student is nokd-0
+        assert set(jobs) == students | personal
         assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
+        assert jobs["adapt"] == 2 and jobs["evaluate_personal"] == 4  # not the teacher's
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 

@@ -15,8 +15,9 @@ over channels, i.e. a 1x1 convolution over frames) takes student latents to the 
   *mixed noisy waveform* ``λ y_a + (1-λ) y_b`` (for the GRU that is the mixed noisy STFT, by
   linearity), so the decoded outputs are comparable;
   ``L = task + β2 ||P(h_S^mix) - h_T^mix||² + γ D(S_dec(h_S^mix), T_dec(h_T^mix))``. ``D`` is the
-  negative SI-SDR (dB, the task loss's unit) by default: a waveform MSE is ~1e-4 at speech levels
-  and would vanish next to the task loss at γ = 1; cfg ``consistency: mse`` selects it instead.
+  negative SI-SDR (dB, the task loss's unit), soft-capped at 30 dB as output KD's ``sisdr``
+  distance, by default: uncapped it runs past -40 dB and swamps the task loss, and a waveform MSE
+  is ~1e-4 at speech levels and would vanish next to it; cfg ``consistency: mse`` selects that.
 - ``feature_mse`` (FitNets): ``L = task + β2 ||P(h_S) - h_T||²``.
 
 Feature MSEs average over channels and the frames that are not padding (``batch["lengths"]``); in
@@ -34,7 +35,7 @@ from torch import nn
 
 from sekd.distill.base import Distiller
 from sekd.errors import SekdError
-from sekd.losses.sisdr import neg_si_sdr
+from sekd.losses.distill import sisdr_distance
 
 KEY = "distill.latent_mixup"
 VARIANTS = ("teacher_student", "manifold", "feature_mse")
@@ -214,7 +215,7 @@ class LatentMixupKD(Distiller):
             reference = self.decode(self.teacher, h_t_mix, self.teacher.context(noisy_mix))
         if self.cfg["consistency"] == "mse":
             return feat, (estimate.float() - reference.float()).pow(2).mean()
-        return feat, neg_si_sdr(estimate, reference)
+        return feat, sisdr_distance(estimate, reference)
 
 
 __all__ = ["LatentMixupKD", "check_cfg", "check_pair", "frame_mask", "masked_mse", "mix"]
