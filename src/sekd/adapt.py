@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 KEY = "adapt"
 LOSSES = ("sisdri", "mse")
-KEYS = ("student", "loss", "valid_utterances", "dnsmos_drop", "train")
+KEYS = ("student", "loss", "valid_utterances", "dnsmos_drop", "guard_patience", "train")
 GUARD_SECONDS = 9.01  # one DNSMOS window: the guard scores the first 9.01 s of the held-out outputs
 
 
@@ -60,6 +60,8 @@ def check_adapt_cfg(cfg: dict) -> dict:
         raise SekdError(f"{KEY}.valid_utterances: {cfg['valid_utterances']} must be >= 1")
     if not float(cfg["dnsmos_drop"]) >= 0:
         raise SekdError(f"{KEY}.dnsmos_drop: {cfg['dnsmos_drop']} must be >= 0")
+    if int(cfg["guard_patience"]) < 1:
+        raise SekdError(f"{KEY}.guard_patience: {cfg['guard_patience']} must be >= 1")
     return dict(cfg)
 
 
@@ -149,6 +151,7 @@ class AdaptTrainer(Trainer):
         self.baseline_dnsmos = self.last_dnsmos
         self.best_loss = -self.baseline_si_sdr  # epoch 0, the un-adapted student, is a candidate
         self.stopped_by_guard = False
+        self.guard_failures = 0  # consecutive epochs below the DNSMOS floor
 
     def make_datasets(self, train_manifest, valid_manifest) -> tuple[AudioSet, AudioSet]:
         table = noisy_only(train_manifest)
@@ -180,27 +183,33 @@ class AdaptTrainer(Trainer):
         super().end_epoch(train, valid_si_sdr, train_seconds, seconds, tracker)
         self.history[-1].update(valid_dnsmos_ovrl=self.last_dnsmos, guard_passed=passed)
         tracker.log_metrics({"valid_dnsmos_ovrl": self.last_dnsmos}, step=self.epoch)
-        if not passed:  # this epoch is not eligible, and the run ends here
+        self.guard_failures = 0 if passed else self.guard_failures + 1
+        if not passed:  # never eligible; enough of them in a row end the run
             self.best_loss, self.best_epoch, self.best_state, self.bad_epochs = before
-            self.finished = self.stopped_by_guard = True
+            stop = self.guard_failures >= int(self.adapt_cfg["guard_patience"])
+            self.finished = self.finished or stop
+            self.stopped_by_guard = stop
             log.warning(
-                "epoch %d: guard DNSMOS OVRL %.3f fell below %.3f (un-adapted %.3f - %.3f); "
-                "stopping and keeping epoch %d",
+                "epoch %d: guard DNSMOS OVRL %.3f below %.3f (un-adapted %.3f - %.3f), %d in a "
+                "row%s; keeping epoch %d",
                 self.epoch,
                 self.last_dnsmos,
                 floor,
                 self.baseline_dnsmos,
                 float(self.adapt_cfg["dnsmos_drop"]),
+                self.guard_failures,
+                ": stopping" if stop else "",
                 self.best_epoch,
             )
 
-    def state(self) -> dict:
-        return {**super().state(), "stopped_by_guard": self.stopped_by_guard}
-
     def try_resume(self) -> bool:
+        """Also restore the guard's run of failures, recounted from the saved history."""
         resumed = super().try_resume()
-        if resumed and self.history:
-            self.stopped_by_guard = not self.history[-1].get("guard_passed", True)
+        self.guard_failures = 0
+        for row in self.history if resumed else []:
+            self.guard_failures = 0 if row.get("guard_passed", True) else self.guard_failures + 1
+        patience = int(self.adapt_cfg["guard_patience"])
+        self.stopped_by_guard = resumed and self.guard_failures >= patience
         return resumed
 
 
