@@ -8,12 +8,13 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/student.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/adapt.smk"
 
 
-localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_distill, phase_evaluate, phase_adapt, personal_table
+localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_tune, phase_distill, phase_evaluate, phase_adapt, personal_table
 
 
 rule all:
@@ -42,6 +43,11 @@ rule phase_teacher:
 rule phase_student:
     input:
         phase_outputs("student"),
+
+
+rule phase_tune:
+    input:
+        phase_outputs("tune"),
 
 
 rule phase_distill:

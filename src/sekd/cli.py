@@ -134,6 +134,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from sekd.train import file_sha256, train_model
 
     cfg = _config(args)
+    if args.tuned:
+        from sekd.tune import apply_values, read_best
+
+        cfg = apply_values(cfg, args.method, read_best(args.tuned))
     method, student = args.method, cfg["student"]
     method_cfg = cfg["distill"][args.method]
     train_cfg = {**student["train"], "seed": args.seed}
@@ -186,6 +190,32 @@ def cmd_distill(args: argparse.Namespace) -> None:
             extra_hash=identity,
             **common,
         )
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    """One Optuna worker: trials of the method's study until its budget is full."""
+    from sekd.io import write_json
+    from sekd.tune import run_worker
+
+    cfg = _config(args)
+    data = {
+        "train": Path(args.train),
+        "valid": Path(args.valid),
+        "teacher": Path(args.teacher),
+        "checkpoints": Path(args.checkpoints),
+        "results": Path(args.results),
+        "threads": args.threads,
+    }
+    tally = run_worker(cfg, args.method, args.worker, data, _tracking(cfg))
+    if args.out:
+        write_json(Path(args.out), tally)
+
+
+def cmd_tune_select(args: argparse.Namespace) -> None:
+    from sekd.tune import select
+
+    cfg = _config(args)
+    select(cfg, args.method, Path(args.results), Path(args.out), _tracking(cfg))
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
@@ -297,6 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="metric-scoring processes (OKD)")
     p.add_argument("--init", default=None, help="no-KD student folder (OKD/MetricGAN+ init: nokd)")
+    p.add_argument("--tuned", default=None, help="best.yaml of a tuning study to overlay")
+    p = add("tune", cmd_tune, "run one Optuna worker on a method's KD-weight study")
+    p.add_argument("--method", required=True)
+    p.add_argument("--worker", type=int, default=0, help="worker index (seeds its sampler)")
+    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--train", required=True, help="training manifest.csv")
+    p.add_argument("--valid", required=True, help="validation manifest.csv")
+    p.add_argument("--checkpoints", required=True, help="folder for the trials' training state")
+    p.add_argument("--results", required=True, help="results folder (default journal storage)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON tally of this worker's trials")
+    p = add("tune-select", cmd_tune_select, "write a study's best values and plots")
+    p.add_argument("--method", required=True)
+    p.add_argument("--results", required=True, help="results folder (default journal storage)")
+    p.add_argument("--out", required=True, help="folder for best.yaml and the plots")
     p = add("evaluate", cmd_evaluate, "enhance a test set with a model and score it")
     p.add_argument("--system", required=True, help="name in tables, e.g. noisy, teacher, nokd-0")
     p.add_argument("--model", default=None, help="model folder (omit for the noisy input)")

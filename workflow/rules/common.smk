@@ -40,6 +40,19 @@ def distill_sections(method):
     return json.dumps(picked, sort_keys=True)
 
 
+def tune_sections(method):
+    """A study depends on its method's config, the student and the tuning settings."""
+    picked = {
+        "student": config["student"],
+        "distill": {
+            method: config["distill"][method],
+            "cache_teacher": config["distill"]["cache_teacher"],
+        },
+        "tune": config["tune"],
+    }
+    return json.dumps(picked, sort_keys=True)
+
+
 def student_dir(method, seed):
     return f"{MODELS}/students/{method}/{seed}"
 
@@ -53,7 +66,7 @@ def systems():
     return found
 
 
-PHASES = ["corpus", "synth", "teacher", "student", "distill", "evaluate", "adapt"]
+PHASES = ["corpus", "synth", "teacher", "student", "tune", "distill", "evaluate", "adapt"]
 PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 
 
@@ -64,6 +77,11 @@ def phase_outputs(phase):
         "synth": [*(f"{DATA}/mixtures/{split}" for split in SPLITS), f"{DATA}/personal"],
         "teacher": [TEACHER],
         "student": [student_dir("nokd", seed) for seed in STUDENT_SEEDS],
+        "tune": [
+            f"{RESULTS}/tune/{method}/{name}"
+            for method in config["tune"]["methods"]
+            for name in ("best.yaml", "history.png")
+        ],
         "distill": [student_dir(m, seed) for m in DISTILL_METHODS for seed in DISTILL_SEEDS],
         "evaluate": [
             *(f"{RESULTS}/eval/{name}" for name in systems()),

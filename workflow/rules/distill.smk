@@ -13,6 +13,7 @@ def distill_init(wildcards):
 rule distill:
     input:
         unpack(distill_init),
+        unpack(tuned_values),
         train=f"{DATA}/mixtures/train",
         valid=f"{DATA}/mixtures/valid",
         teacher=TEACHER,
@@ -25,6 +26,7 @@ rule distill:
         cfg=lambda wildcards: distill_sections(wildcards.method),
         checkpoints=f"{CHECKPOINTS}/students/{{method}}/{{seed}}",
         init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
+        tuned=lambda wildcards, input: f"--tuned {input.tuned}" if "tuned" in input.keys() else "",
     log:
         "logs/distill/{method}/{seed}.log",
     benchmark:
@@ -41,4 +43,4 @@ rule distill:
         " --seed {wildcards.seed} --teacher {input.teacher}"
         " --train {input.train}/manifest.csv --valid {input.valid}/manifest.csv"
         " --out {output} --checkpoints {params.checkpoints} --threads {threads}"
-        " {params.init} 2> {log}"
+        " {params.init} {params.tuned} 2> {log}"

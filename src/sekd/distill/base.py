@@ -83,8 +83,11 @@ class Distiller(nn.Module):
 
     @torch.inference_mode()
     def prepare(self, dataset, device: torch.device) -> None:
-        """Cache the teacher's ``CACHED`` tensor for every whole utterance of ``dataset``."""
-        if not self.use_cache:
+        """Cache the teacher's ``CACHED`` tensor for every whole utterance of ``dataset``.
+
+        A cache already set (e.g. shared by the trials of one tuning worker) is kept.
+        """
+        if not self.use_cache or self.cache is not None:
             return
         self.teacher.to(device)
         tensors = []

@@ -1,0 +1,64 @@
+# Optuna tuning of the KD loss weights: `tune.workers` worker jobs share one study per method in
+# `tune.methods`; tune_select writes the best values, which that method's final distillation reads
+# (so `dvc repro` rebuilds the tuned student without retuning).
+
+TUNE_METHODS = config["tune"]["methods"]
+TUNE_WORKERS = list(range(config["tune"]["workers"]))
+
+
+def tuned_values(wildcards):
+    """A tuned method's distillation also needs its study's best values."""
+    if wildcards.method in TUNE_METHODS:
+        return {"tuned": f"{RESULTS}/tune/{wildcards.method}/best.yaml"}
+    return {}
+
+
+rule tune_worker:
+    input:
+        train=f"{DATA}/mixtures/train",
+        valid=f"{DATA}/mixtures/valid",
+        teacher=TEACHER,
+    output:
+        f"{RESULTS}/tune/{{method}}/workers/{{worker}}.json",
+    wildcard_constraints:
+        method="|".join(TUNE_METHODS) or "^$",
+        worker=r"\d+",
+    params:
+        cfg=lambda wildcards: tune_sections(wildcards.method),
+        checkpoints=f"{CHECKPOINTS}/tune/{{method}}",
+    log:
+        "logs/tune/{method}/worker{worker}.log",
+    benchmark:
+        "logs/benchmarks/tune/{method}/worker{worker}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd tune --config {params.cfg:q} --method {wildcards.method}"
+        " --worker {wildcards.worker} --teacher {input.teacher}"
+        " --train {input.train}/manifest.csv --valid {input.valid}/manifest.csv"
+        " --checkpoints {params.checkpoints} --results {RESULTS} --threads {threads}"
+        " --out {output} 2> {log}"
+
+
+rule tune_select:
+    input:
+        expand(f"{RESULTS}/tune/{{{{method}}}}/workers/{{worker}}.json", worker=TUNE_WORKERS),
+    output:
+        best=f"{RESULTS}/tune/{{method}}/best.yaml",
+        history=f"{RESULTS}/tune/{{method}}/history.png",
+    wildcard_constraints:
+        method="|".join(TUNE_METHODS) or "^$",
+    params:
+        cfg=lambda wildcards: tune_sections(wildcards.method),
+    log:
+        "logs/tune/{method}/select.log",
+    conda:
+        "../../envs/sekd.yaml"
+    shell:
+        "SEKD_RULE={rule} sekd tune-select --config {params.cfg:q} --method {wildcards.method}"
+        " --results {RESULTS} --out {RESULTS}/tune/{wildcards.method} 2> {log}"
