@@ -85,6 +85,9 @@ def test_dvc_repro_produces_every_phase(dvc_run: Path) -> None:
         assert (dvc_run / "models" / folder / "model.safetensors").is_file()
     assert (dvc_run / "data/personal/manifest.csv").is_file()
     assert (dvc_run / "mlflow.db").is_file()
+    for method in ("output_kd", "dfkd"):  # tune.methods: studies done, their best values used
+        best = yaml.safe_load((dvc_run / "results/tune" / method / "best.yaml").read_text())
+        assert best["values"] and sum(best["trials"].values()) == 2
 
 
 def test_every_test_speaker_is_personalised_and_evaluated(dvc_run: Path) -> None:
@@ -121,7 +124,9 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
         jobs = planned_jobs(dvc_run)
         students = {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
         personal = {"adapt", "evaluate_personal", "personal_table"}  # adapt.student is nokd-0
-        assert set(jobs) == students | personal
+        tuning = {"tune_worker", "tune_select"}  # a study depends on the student it tunes
+        assert set(jobs) == students | personal | tuning
+        assert jobs["tune_worker"] == 4 and jobs["tune_select"] == 2  # 2 methods x 2 workers
         assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
         assert jobs["adapt"] == 2 and jobs["evaluate_personal"] == 4  # not the teacher's
     finally:
@@ -132,7 +137,8 @@ def test_one_method_weight_change_retrains_only_that_method(dvc_run: Path) -> No
     change_params(dvc_run, lambda p: p["distill"]["dfkd"].update(weight=2.0))
     try:
         jobs = planned_jobs(dvc_run)
-        assert jobs == {"distill": 1, "evaluate": 1, "comparison_table": 1, "all": 1}
+        retune = {"tune_worker": 2, "tune_select": 1}  # dfkd is tuned: its study starts anew
+        assert jobs == {"distill": 1, "evaluate": 1, "comparison_table": 1, "all": 1, **retune}
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 

@@ -99,7 +99,9 @@ rule evaluate_personal:
 
 rule personal_table:
     input:
-        personal_results,
+        results=personal_results,
+        teacher=TEACHER,  # static inputs, so the DAG names them before the speakers are known
+        student=adapt_student(),
     output:
         **{name: f"{RESULTS}/personal/{name}" for name in PERSONAL_TABLE},
     log:
@@ -107,4 +109,4 @@ rule personal_table:
     conda:
         "../../envs/sekd.yaml"
     shell:
-        "sekd personal-table --out {RESULTS}/personal {input} 2> {log}"
+        "sekd personal-table --out {RESULTS}/personal {input.results} 2> {log}"

@@ -27,9 +27,12 @@ class DFKD(Distiller):
 
     name: ClassVar[str] = "dfkd"
     KEYS: ClassVar[tuple[str, ...]] = ("weight", "beta", "split_from", "n_fft", "hop")
+    OPTIONAL: ClassVar[dict] = {"frame_weight": "uniform"}
 
     def __init__(self, teacher: nn.Module, cfg: dict) -> None:
-        super().__init__(teacher, check_method_cfg(cfg, self.KEYS, "distill.dfkd"))
+        cfg = {**self.OPTIONAL, **cfg}
+        keys = (*self.KEYS, *self.OPTIONAL)
+        super().__init__(teacher, check_method_cfg(cfg, keys, "distill.dfkd"))
         self.weight, self.beta = float(self.cfg["weight"]), float(self.cfg["beta"])
         self.n_fft, self.hop = int(self.cfg["n_fft"]), int(self.cfg["hop"])
         self.split_from = self.cfg["split_from"]
@@ -55,6 +58,7 @@ class DFKD(Distiller):
             self.hop,
             self.beta,
             self.split_from,
+            self.cfg["frame_weight"],
         )
         kd = low + high
         total = task + self.weight * kd

@@ -38,6 +38,7 @@ from sekd.losses.stft import (
 EPS = 1e-8
 SISDR_CAP_DB = 30.0
 STFT_MAG_FFT, STFT_MAG_HOP = 512, 128
+FRAME_WEIGHTS = ("uniform", "energy")
 SPLIT_SOURCES = ("teacher", "both")
 
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -152,12 +153,20 @@ def dfkd_terms(
     frames: torch.Tensor,
     beta: float,
     split_from: str = "teacher",
+    frame_weight: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L_low, L_high, split bins)`` from complex spectra ``[B, F, T]`` and a frame mask [B, T].
 
     ``split_from="both"`` splits on the mean of teacher and student magnitudes (detached): our
     reading of the review's "teacher and student"; DISPATCH splits on the teacher alone.
+    ``frame_weight="energy"`` averages the per-frame terms weighted by the teacher frame's energy
+    (relative to the item's mean) instead of uniformly, so near-silent frames, whose cosines
+    compare residual noise, stop counting as much as speech frames [ours].
     """
+    if frame_weight not in FRAME_WEIGHTS:
+        raise SekdError(
+            f"distill.dfkd.frame_weight: {frame_weight!r} is not one of {', '.join(FRAME_WEIGHTS)}"
+        )
     if split_from not in SPLIT_SOURCES:
         raise SekdError(
             f"distill.dfkd.split_from: {split_from!r} is not one of {', '.join(SPLIT_SOURCES)}"
@@ -179,7 +188,12 @@ def dfkd_terms(
     low_cos = cosine_distance(low[0], low[1], low[2])
     high_cos = cosine_distance(high[0], high[1], high[2])
     high_term = beta * high_cos + (1 - beta) * high[3] / teacher_spec.shape[1]
-    return masked_mean(low_cos, frames), masked_mean(high_term, frames), split
+    weights = frames.to(high_term.dtype)
+    if frame_weight == "energy":
+        energy = teacher_mag.detach().square().sum(dim=1) * weights
+        mean = energy.sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        weights = energy / (mean + EPS)
+    return masked_mean(low_cos, weights), masked_mean(high_term, weights), split
 
 
 def dfkd_loss(
@@ -190,13 +204,14 @@ def dfkd_loss(
     hop: int,
     beta: float,
     split_from: str = "teacher",
+    frame_weight: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DFKD's ``(L_low, L_high)`` between waveforms ``[B, T]``, over each item's real frames."""
     student_spec = stft(zero_beyond(student, lengths), n_fft, hop)
     teacher_spec = stft(zero_beyond(teacher, lengths), n_fft, hop)
     batch, _, count = student_spec.shape
     frames = frame_mask(lengths, hop, count, batch, student_spec.device)
-    low, high, _ = dfkd_terms(student_spec, teacher_spec, frames, beta, split_from)
+    low, high, _ = dfkd_terms(student_spec, teacher_spec, frames, beta, split_from, frame_weight)
     return low, high
 
 
