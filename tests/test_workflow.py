@@ -126,7 +126,7 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
         personal = {"adapt", "evaluate_personal", "personal_table"}  # adapt.student is nokd-0
         tuning = {"tune_worker", "tune_select"}  # a study depends on the student it tunes
         assert set(jobs) == students | personal | tuning
-        assert jobs["tune_worker"] == 4 and jobs["tune_select"] == 2  # 2 methods x 2 workers
+        assert jobs["tune_worker"] == 2 and jobs["tune_select"] == 2  # 2 methods x 1 worker
         assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
         assert jobs["adapt"] == 2 and jobs["evaluate_personal"] == 4  # not the teacher's
     finally:
@@ -137,7 +137,7 @@ def test_one_method_weight_change_retrains_only_that_method(dvc_run: Path) -> No
     change_params(dvc_run, lambda p: p["distill"]["dfkd"].update(weight=2.0))
     try:
         jobs = planned_jobs(dvc_run)
-        retune = {"tune_worker": 2, "tune_select": 1}  # dfkd is tuned: its study starts anew
+        retune = {"tune_worker": 1, "tune_select": 1}  # dfkd is tuned: its study starts anew
         assert jobs == {"distill": 1, "evaluate": 1, "comparison_table": 1, "all": 1, **retune}
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
