@@ -9,18 +9,15 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import TINY_MODEL, tiny_train
+from tiny import TINY_MODEL, tiny_train, write_tiny_set
 
-from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.distill.latent_mixup import LatentMixupKD, frame_mask, masked_mse, mix
 from sekd.errors import SekdError
-from sekd.io import write_audio
 from sekd.losses.sisdr import neg_si_sdr
 from sekd.models import build_model
 from sekd.models.store import save_model
@@ -227,24 +224,6 @@ MODEL = TINY_MODEL
 TRAIN = tiny_train(epochs=3)
 
 
-def write_set(root: Path, name: str, count: int, seconds: float, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    rows = []
-    for index in range(count):
-        clean = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 250) * t) * (1 + np.sin(7 * t))
-        uid = f"{name}{index:02d}"
-        write_audio(root / f"{uid}_noisy.wav", clean + 0.03 * rng.standard_normal(t.size))
-        write_audio(root / f"{uid}_target.wav", clean)
-        row = dict.fromkeys(MANIFEST_COLUMNS, "")
-        row.update(id=uid, split=name, speaker="s0", noisy=f"{uid}_noisy.wav")
-        row.update(target=f"{uid}_target.wav", seconds=seconds)
-        rows.append(row)
-    path = root / f"{name}.csv"
-    write_manifest(pd.DataFrame(rows), path)
-    return path
-
-
 RUN_SCRIPT = """
 import json, sys
 from sekd.distill.latent_mixup import LatentMixupKD
@@ -257,8 +236,8 @@ train_model(**args, loss_fn=loss_fn)
 
 
 def test_train_model_with_latent_mixup_resumes_with_the_adapter_restored(tmp_path, caplog):
-    train = write_set(tmp_path, "train", 8, 0.5, seed=0)
-    valid = write_set(tmp_path, "valid", 2, 0.5, seed=1)
+    train = write_tiny_set(tmp_path, "train", 8, 0.5, seed=0)
+    valid = write_tiny_set(tmp_path, "valid", 2, 0.5, seed=1)
     torch.manual_seed(1)
     teacher_cfg = {"name": "gru_mask", "conf": {**MODEL["conf"], "hidden": 24}}
     teacher = build_model(teacher_cfg["name"], teacher_cfg["conf"])

@@ -96,13 +96,13 @@ def disjoint_and_complete(root: Path, count: int, workers: int) -> None:
 
 
 def test_two_workers_share_one_journal_study(data, tmp_path):
-    cfg = tune_config()
+    cfg = tune_config(trials=10)  # trials take ~1 s: enough for both workers to take part
     processes = [worker(cfg, data, tmp_path, i) for i in range(2)]
     for process in processes:
         finish(process)
-    disjoint_and_complete(tmp_path, 4, 2)
+    disjoint_and_complete(tmp_path, 10, 2)
     study = study_of(cfg, f"journal:{tmp_path / 'tune' / METHOD / 'journal.log'}")
-    assert len(study.trials) == 4
+    assert len(study.trials) == 10
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert all(len(t.intermediate_values) == 2 for t in complete)  # reported every epoch
@@ -219,7 +219,7 @@ def postgres(tmp_path_factory):
 
 
 def test_two_workers_share_a_postgresql_study(postgres, data, tmp_path):
-    cfg = tune_config(storage=postgres)
+    cfg = tune_config(storage=postgres, trials=10)  # trials take ~1 s: enough for both workers
     processes = [worker(cfg, data, tmp_path, i) for i in range(2)]
     for process in processes:
         finish(process)

@@ -31,6 +31,7 @@ from torch import nn
 from sekd.data.datasets import AudioSet, NoisyDataset
 from sekd.data.manifest import read_manifest
 from sekd.distill.base import Distiller
+from sekd.distill.output_kd import check_method_cfg
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, atomic_dir, write_json
 from sekd.losses.sisdr import neg_si_sdr_improvement, si_sdr
@@ -48,12 +49,7 @@ GUARD_SECONDS = 9.01  # one DNSMOS window: the guard scores the first 9.01 s of 
 
 def check_adapt_cfg(cfg: dict) -> dict:
     """The ``adapt`` section with every key present and in range; errors name the key."""
-    unknown = sorted(set(cfg) - set(KEYS))
-    if unknown:
-        raise SekdError(f"{KEY}.{unknown[0]}: unknown key")
-    missing = [k for k in KEYS if k not in cfg]
-    if missing:
-        raise SekdError(f"{KEY}.{missing[0]}: required but missing")
+    cfg = check_method_cfg(cfg, KEYS, KEY)
     if cfg["loss"] not in LOSSES:
         raise SekdError(f"{KEY}.loss: {cfg['loss']!r} is not one of {LOSSES}")
     if int(cfg["valid_utterances"]) < 1:
@@ -62,7 +58,7 @@ def check_adapt_cfg(cfg: dict) -> dict:
         raise SekdError(f"{KEY}.dnsmos_drop: {cfg['dnsmos_drop']} must be >= 0")
     if int(cfg["guard_patience"]) < 1:
         raise SekdError(f"{KEY}.guard_patience: {cfg['guard_patience']} must be >= 1")
-    return dict(cfg)
+    return cfg
 
 
 def noisy_only(manifest: str | Path) -> pd.DataFrame:

@@ -213,6 +213,24 @@ def tracking_enabled() -> bool:
     return os.environ.get("SEKD_TRACKING", "on").lower() not in ("0", "off", "false", "no")
 
 
+def experiment_name(phase: str, tracking_cfg: Mapping[str, Any] | None) -> str:
+    return f"{dict(tracking_cfg or {}).get('experiment_prefix', 'sekd')}/{phase}"
+
+
+def _open_experiment(phase: str, tracking_cfg: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """``(client, experiment id)`` of the phase's experiment, created if needed."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(dict(tracking_cfg or {}))
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    with _creation_lock(db):
+        client = MlflowClient(tracking_uri=uri)  # opens (and for a new file creates) the store
+        root = db.parent / "mlartifacts" if db else None
+        return client, _experiment_id(client, experiment_name(phase, tracking_cfg), root)
+
+
 def parent_run(
     phase: str, run_name: str, tracking_cfg: Mapping[str, Any] | None = None
 ) -> str | None:
@@ -224,19 +242,8 @@ def parent_run(
     """
     if not tracking_enabled():
         return None
-    from mlflow import MlflowClient
-
-    cfg = dict(tracking_cfg or {})
-    uri = tracking_uri(cfg)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    experiment = f"{cfg.get('experiment_prefix', 'sekd')}/{phase}"
-    with _creation_lock(db):
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = _experiment_id(
-            client, experiment, db.parent / "mlartifacts" if db else None
-        )
+    client, experiment_id = _open_experiment(phase, tracking_cfg)
+    with _creation_lock(sqlite_path(tracking_uri(dict(tracking_cfg or {})))):
         query = f"tags.`sekd.parent` = '{run_name}'"
         found = _retry(client.search_runs, [experiment_id], query, max_results=1)
         if found:
@@ -264,24 +271,14 @@ def start_run(
     if not tracking_enabled():
         yield NullTracker()
         return
-    from mlflow import MlflowClient
-
-    cfg = dict(tracking_cfg or {})
-    uri = tracking_uri(cfg)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    experiment = f"{cfg.get('experiment_prefix', 'sekd')}/{phase}"
-    with _creation_lock(db):
-        client = MlflowClient(tracking_uri=uri)  # opens (and for a new file creates) the store
-        experiment_id = _experiment_id(
-            client, experiment, db.parent / "mlartifacts" if db else None
-        )
+    client, experiment_id = _open_experiment(phase, tracking_cfg)
     params = dict(params or {})
     all_tags = run_tags(params, parent_run_id or os.environ.get("SEKD_PARENT_RUN_ID"))
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     run = _retry(client.create_run, experiment_id, tags=all_tags, run_name=run_name)
     tracker = Tracker(client, run.info.run_id)
+    experiment = experiment_name(phase, tracking_cfg)
+    uri = tracking_uri(dict(tracking_cfg or {}))
     log.info("MLflow run %s in experiment %s (%s)", tracker.run_id, experiment, uri)
     status = "FAILED"
     try:

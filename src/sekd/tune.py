@@ -48,6 +48,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 OBJECTIVES = ("si_sdr", "pesq")
 COSTS = ("macs", "params")
 PRUNERS = ("median", "halving", "none")
+SCHEMA_ATTEMPTS = 5
 
 
 # ---------------------------------------------------------------- storage and study
@@ -76,10 +77,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise SekdError(
             f"tune.storage: {url!r} is not journal:<file>, sqlite:///<file> or postgresql://..."
         )
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as err:  # e.g. the server is down: say which URL, fail fast
-        raise SekdError(f"tune.storage: cannot open {url}: {err}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as err:  # e.g. the server is down: say which URL, fail fast
+            racing = any(sign in str(err) for sign in ("duplicate key", "already exists"))
+            if not racing or attempt == SCHEMA_ATTEMPTS - 1:
+                raise SekdError(f"tune.storage: cannot open {url}: {err}") from None
+            # workers starting together on a fresh database race to create Optuna's tables
+            log.info("tune.storage: schema being created by another worker; retrying")
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def study_name(method: str, key: str) -> str:
