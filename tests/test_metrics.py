@@ -223,3 +223,15 @@ def test_dnsmos_scales_loud_input_and_says_so(pair):
     scores, note = dnsmos_scores(2.0 * unit)
     assert "scaled" in note
     assert scores == dnsmos_scores(unit)[0]
+
+
+def test_dnsmos_window_cap_keeps_speechmos_first_windows(pair):
+    clean, _ = pair
+    clip = clean[: 3 * 16000] / np.abs(clean).max()  # tiled by speechmos to 12 s: 3 windows
+    official, _ = dnsmos_scores(clip)
+    assert dnsmos_scores(clip, windows=3)[0] == official
+    first, _ = dnsmos_scores(clip, windows=1)
+    tiled = np.tile(clip, 4)
+    window = tiled[: int(9.01 * 16000)]
+    assert first == pytest.approx(dnsmos_scores(window)[0], abs=1e-6)  # one 9.01 s window
+    assert first != official

@@ -82,22 +82,36 @@ class Distiller(nn.Module):
         return 1
 
     @torch.inference_mode()
-    def prepare(self, dataset, device: torch.device) -> None:
+    def prepare(self, dataset, device: torch.device, batch_size: int = 32) -> None:
         """Cache the teacher's ``CACHED`` tensor for every whole utterance of ``dataset``.
 
-        A cache already set (e.g. shared by the trials of one tuning worker) is kept.
+        A causal teacher runs on batches of similar-length utterances, zero-padded at the end:
+        a sample's output depends only on the past, so only the last STFT frame of an item (about
+        n_fft/2 samples, which see zeros instead of the STFT's reflect padding) can differ from a
+        lone run. A non-causal teacher (global norms, bidirectional GRU) runs one utterance at a
+        time. A cache already set (e.g. shared by the trials of one tuning worker) is kept.
         """
         if not self.use_cache or self.cache is not None:
             return
         self.teacher.to(device)
-        tensors = []
-        for wave in dataset.noisy:
-            noisy = torch.from_numpy(wave)[None].to(device)
-            value = (
-                self.teacher(noisy) if self.CACHED == "output" else self.teacher_latent_of(noisy)
-            )
-            tensors.append(value[0].float().cpu())
+        waves = list(dataset.noisy)
         step = 1 if self.CACHED == "output" else self.crop_grid
+        size = batch_size if getattr(self.teacher, "causal", False) else 1
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        tensors: list[torch.Tensor | None] = [None] * len(waves)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            lengths = torch.tensor([len(waves[i]) for i in rows])
+            noisy = torch.zeros(len(rows), int(lengths.max()))
+            for item, i in enumerate(rows):
+                noisy[item, : lengths[item]] = torch.from_numpy(waves[i])
+            noisy = noisy.to(device)
+            if self.CACHED == "output":
+                values, keep = self.teacher(noisy), lengths
+            else:
+                values, keep = self.teacher_latent_of(noisy), self.teacher.num_frames(lengths)
+            for item, i in enumerate(rows):
+                tensors[i] = values[item, : keep[item]].float().cpu()
         self.cache = TeacherCache(dataset.ids, tensors, step)
         log.info("teacher cache: %s of %d training utterances", self.CACHED, len(tensors))
 

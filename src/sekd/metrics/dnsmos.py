@@ -16,6 +16,7 @@ import onnxruntime as ort
 from speechmos import dnsmos
 
 DNSMOS_RATE = 16000
+WINDOW_SECONDS = dnsmos.INPUT_LENGTH  # 9.01 s
 _MODELS = Path(dnsmos.__file__).parent / "dnsmos_models"
 _KEYS = {
     "sig_mos": "dnsmos_sig",
@@ -44,11 +45,27 @@ def _scorer() -> dnsmos.DNSMOS:
     return _SingleThreadDNSMOS(str(_MODELS / "sig_bak_ovr.onnx"), str(_MODELS / "model_v8.onnx"))
 
 
-def dnsmos_scores(audio: np.ndarray, sample_rate: int = DNSMOS_RATE) -> tuple[dict, str | None]:
+def first_windows(audio: np.ndarray, windows: int, sample_rate: int = DNSMOS_RATE) -> np.ndarray:
+    """``audio`` tiled as speechmos tiles it, cut so that speechmos scores only its first windows.
+
+    speechmos doubles a clip until it lasts 9.01 s, then averages the models over 9.01 s windows
+    every second: a 3 s clip becomes 12 s and costs three windows. Cutting the tiled signal to
+    ``9 + windows`` seconds keeps the first ``windows`` of those same windows and drops the rest.
+    """
+    audio = np.asarray(audio)
+    while 0 < audio.size < WINDOW_SECONDS * sample_rate:
+        audio = np.append(audio, audio)
+    return audio[: (9 + windows) * sample_rate]
+
+
+def dnsmos_scores(
+    audio: np.ndarray, sample_rate: int = DNSMOS_RATE, windows: int | None = None
+) -> tuple[dict, str | None]:
     """``{'dnsmos_sig', 'dnsmos_bak', 'dnsmos_ovrl', 'dnsmos_p808'}`` and a note, or None.
 
     DNSMOS needs samples in [-1, 1]; a louder input is scaled down to a peak of 1 and the note
     says so (the score then describes the scaled signal). Clips under 9.01 s are tiled by speechmos.
+    ``windows`` caps how many of speechmos' 9.01 s windows are averaged (None: all, as official).
     """
     if sample_rate != DNSMOS_RATE:
         raise ValueError(f"dnsmos: needs {DNSMOS_RATE} Hz, got {sample_rate} Hz")
@@ -59,5 +76,7 @@ def dnsmos_scores(audio: np.ndarray, sample_rate: int = DNSMOS_RATE) -> tuple[di
         audio = audio / np.float32(peak)
         audio = np.clip(audio, -1.0, 1.0)  # float32 rounding can leave 1 + 1 ulp
         note = f"dnsmos: peak {peak:.3g} > 1, scaled to 1"
+    if windows is not None:
+        audio = first_windows(audio, windows)
     result = _scorer()(audio, DNSMOS_RATE, False)
     return {key: float(result[name]) for name, key in _KEYS.items()}, note

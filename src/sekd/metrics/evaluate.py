@@ -112,7 +112,8 @@ def score_utterance(
 ) -> dict:
     """All enabled metrics for one 16 kHz utterance, plus a ``note`` naming anything invalid.
 
-    ``options`` is ``params['evaluate']`` (``pesq_nb``, ``composite``, ``dnsmos`` switches).
+    ``options`` is ``params['evaluate']`` (``pesq_nb``, ``composite``, ``dnsmos`` switches,
+    ``dnsmos_windows``).
     ``noisy`` is the unprocessed mixture, used only for the SI-SDR improvement. PESQ, STOI and
     composite compare with ``reference``; DNSMOS scores ``estimate`` alone.
     """
@@ -132,7 +133,7 @@ def score_utterance(
     if options.get("dnsmos", True):
         from sekd.metrics.dnsmos import dnsmos_scores  # onnxruntime and librosa load on first use
 
-        values, note = dnsmos_scores(estimate, SAMPLE_RATE)
+        values, note = dnsmos_scores(estimate, SAMPLE_RATE, options.get("dnsmos_windows"))
         row.update(values)
         if note:
             notes.append(note)
