@@ -19,6 +19,7 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sekd.config import params_hash
+from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, write_audio
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000
 BATCH = 100
 RETRY_SECONDS = 120.0
+SERVER_TIMEOUT = 10.0  # seconds a tracking server may take to answer its health check
 TRANSIENT = ("database is locked", "database table is locked", "unable to open database")
 
 
@@ -49,6 +52,28 @@ def tracking_uri(tracking_cfg: Mapping[str, Any] | None = None) -> str:
     if uri:
         return str(uri)
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
+    """Fail at once, naming the URI, when an ``http(s)://`` tracking server does not answer.
+
+    MLflow's own client retries a dead server with back-off for minutes, so a cluster job would
+    otherwise sit on its GPU before failing. ``/health`` is the server's liveness endpoint.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+            if answer.status == 200:
+                return
+            problem = f"HTTP {answer.status}"
+    except (OSError, ValueError) as err:  # refused, unresolvable, timed out, HTTP error
+        problem = str(getattr(err, "reason", err))
+    raise SekdError(
+        f"MLflow tracking server {uri} (from {source}) cannot be reached: {problem}. Start it "
+        f"(README: 'Tracking and tuning across nodes') or point {source} at one that runs"
+    )
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -222,6 +247,7 @@ def _open_experiment(phase: str, tracking_cfg: Mapping[str, Any] | None) -> tupl
     from mlflow import MlflowClient
 
     uri = tracking_uri(dict(tracking_cfg or {}))
+    check_server(uri)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
@@ -49,6 +50,7 @@ OBJECTIVES = ("si_sdr", "pesq")
 COSTS = ("macs", "params")
 PRUNERS = ("median", "halving", "none")
 SCHEMA_ATTEMPTS = 5
+CONNECT_TIMEOUT = 10  # seconds to reach a PostgreSQL server
 
 
 # ---------------------------------------------------------------- storage and study
@@ -77,13 +79,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise SekdError(
             f"tune.storage: {url!r} is not journal:<file>, sqlite:///<file> or postgresql://..."
         )
+    engine = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):  # an unreachable host fails in seconds, not at TCP timeout
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
         except Exception as err:  # e.g. the server is down: say which URL, fail fast
             racing = any(sign in str(err) for sign in ("duplicate key", "already exists"))
             if not racing or attempt == SCHEMA_ATTEMPTS - 1:
-                raise SekdError(f"tune.storage: cannot open {url}: {err}") from None
+                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+                raise SekdError(f"tune.storage: cannot open {shown}: {err}") from None
             # workers starting together on a fresh database race to create Optuna's tables
             log.info("tune.storage: schema being created by another worker; retrying")
             time.sleep(1.0 + attempt)

@@ -56,8 +56,8 @@ rule adapt:
         "personal"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"
@@ -86,8 +86,8 @@ rule evaluate_personal:
         "personal"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
     conda:
         "../../envs/sekd.yaml"
     shell:

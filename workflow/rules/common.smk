@@ -53,6 +53,16 @@ def tune_sections(method):
     return json.dumps(picked, sort_keys=True)
 
 
+def per_attempt(base):
+    """A resource (memory, runtime) that grows with each retry: a job killed for running out of
+    either gets more the next time (the SLURM profile retries twice)."""
+
+    def scaled(wildcards, attempt):
+        return base * attempt
+
+    return scaled
+
+
 def student_dir(method, seed):
     return f"{MODELS}/students/{method}/{seed}"
 

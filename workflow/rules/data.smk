@@ -1,5 +1,9 @@
 # Phase 1: corpus and noise (phase_corpus), then reverberant mixtures (phase_synth).
 
+# Every synthesis job takes all cores, so one left waiting behind a 1-core job (the teacher) would
+# idle a core for the whole of that job: synthesis goes first, before any training or tuning.
+SYNTH_PRIORITY = 100
+
 
 rule corpus:
     output:
@@ -12,8 +16,8 @@ rule corpus:
         "logs/benchmarks/corpus.tsv"
     threads: workflow.cores
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -33,8 +37,8 @@ rule noise:
         "logs/benchmarks/noise.tsv"
     threads: workflow.cores
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -57,9 +61,10 @@ rule synth:
     benchmark:
         "logs/benchmarks/synth/{split}.tsv"
     threads: workflow.cores
+    priority: SYNTH_PRIORITY
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(120),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -80,9 +85,10 @@ checkpoint synth_personal:
     benchmark:
         "logs/benchmarks/synth/personal.tsv"
     threads: workflow.cores
+    priority: SYNTH_PRIORITY
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
     conda:
         "../../envs/sekd.yaml"
     shell:

@@ -33,8 +33,8 @@ rule distill:
         "logs/benchmarks/distill/{method}/{seed}.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=720,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(720),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"

@@ -21,8 +21,8 @@ rule evaluate:
         "logs/benchmarks/evaluate/{system}.tsv"
     threads: min(config["evaluate"]["threads"], workflow.cores)
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60),
     conda:
         "../../envs/sekd.yaml"
     shell:

@@ -17,8 +17,8 @@ rule train_student_nokd:
         "logs/benchmarks/train_student_nokd/{seed}.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=360,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(360),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"

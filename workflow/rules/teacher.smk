@@ -17,8 +17,8 @@ rule train_teacher:
         "logs/benchmarks/train_teacher.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=720,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(720),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"

@@ -39,8 +39,8 @@ rule tune_worker:
     threads: 1
     priority: tune_priority
     resources:
-        mem_mb=8000,
-        runtime=720,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(720),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"
