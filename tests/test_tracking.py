@@ -4,14 +4,19 @@ two processes logging to one database at once."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from test_train import MODEL, TRAIN, write_set
 
-from sekd.tracking import NullTracker, Tracker, start_run, tracking_uri
+from sekd.errors import SekdError
+from sekd.tracking import NullTracker, Tracker, check_server, start_run, tracking_uri
 from sekd.train import CHECKPOINT, train_model
 
 
@@ -133,3 +138,45 @@ def test_two_processes_log_to_one_sqlite_database(clean_env, tmp_path):
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run_id, "b")) == 25
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: connections are refused
+
+
+@pytest.fixture
+def health_server():
+    """A real HTTP server on loopback whose ``/health`` answers with the status in ``codes[0]``."""
+    codes = [200]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(codes[0] if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", codes
+    server.shutdown()
+
+
+def test_an_unreachable_tracking_server_fails_fast_and_names_the_uri(clean_env, health_server):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    clean_env.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    expected = rf"{uri} \(from MLFLOW_TRACKING_URI\) cannot be reached"
+    with pytest.raises(SekdError, match=expected), start_run("teacher", "r"):
+        pass
+    assert time.monotonic() - started < 15  # not MLflow's minutes of retries
+
+    live, codes = health_server
+    check_server(live)  # answers 200: no error
+    codes[0] = 503
+    with pytest.raises(SekdError, match="HTTP 503 Service Unavailable"):
+        check_server(live)
+    check_server("sqlite:///x.db")  # not a server: nothing to check

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 from tiny import TINY_MODEL, tiny_train, write_tiny_set
 
 from sekd.config import load_params
+from sekd.errors import SekdError
 from sekd.models import build_model
 from sekd.models.store import save_model
 from sekd.tune import apply_values, config_key, open_storage, read_best, study_name
@@ -231,3 +233,14 @@ def test_two_workers_share_a_postgresql_study(postgres, data, tmp_path):
     assert all(sum(t["trials"].values(), []) for t in tallies)  # both workers took part
     flat = sum((sum(t["trials"].values(), []) for t in tallies), [])
     assert len(flat) == len(set(flat)) == len(numbers)
+
+
+def test_an_unreachable_postgresql_fails_fast_without_showing_the_password():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends: connections are refused
+    started = time.monotonic()
+    with pytest.raises(SekdError) as err:
+        open_storage(f"postgresql://sekd:hunter2@127.0.0.1:{port}/optuna")
+    assert time.monotonic() - started < 15
+    assert f"127.0.0.1:{port}/optuna" in str(err.value) and "hunter2" not in str(err.value)

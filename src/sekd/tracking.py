@@ -19,6 +19,7 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -68,7 +69,9 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
             if answer.status == 200:
                 return
             problem = f"HTTP {answer.status}"
-    except (OSError, ValueError) as err:  # refused, unresolvable, timed out, HTTP error
+    except urllib.error.HTTPError as err:  # it answers, but not as a healthy server
+        problem = f"HTTP {err.code} {err.reason}"
+    except (OSError, ValueError) as err:  # refused, unresolvable, timed out
         problem = str(getattr(err, "reason", err))
     raise SekdError(
         f"MLflow tracking server {uri} (from {source}) cannot be reached: {problem}. Start it "

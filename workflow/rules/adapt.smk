@@ -1,8 +1,11 @@
 # Phase 4: zero-shot personalisation. For each held-out test speaker, the student named by
 # adapt.student is fine-tuned on the speaker's noisy adaptation set with the frozen teacher's outputs
 # as targets, then teacher, un-adapted and personalised student are scored on the speaker's
-# held-out test set. The speakers are known once synthesis has run (a checkpoint), and a speaker's
-# jobs form one group so a cluster gets one job per speaker, not one per step.
+# held-out test set. The speakers are known once synthesis has run (a checkpoint). A speaker's jobs
+# form one group, and every evaluation of the speaker waits for its adaptation so that the group is
+# one connected piece: a cluster gets one job per speaker (the adaptation, then the three scorings)
+# asking for one GPU, not four jobs. (Merging several speakers into one job would make Snakemake
+# add up their GPU requests.)
 
 ADAPT_ROLES = ["teacher", "unadapted", "personalised"]
 
@@ -72,6 +75,7 @@ rule evaluate_personal:
     input:
         personal=f"{DATA}/personal",
         model=role_model,
+        adapted=f"{MODELS}/personal/{{speaker}}",
     output:
         directory(f"{RESULTS}/personal/eval/{{speaker}}/{{role}}"),
     wildcard_constraints:
