@@ -12,9 +12,10 @@ include: "workflow/rules/tune.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/adapt.smk"
+include: "workflow/rules/report.smk"
 
 
-localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_tune, phase_distill, phase_evaluate, phase_adapt, personal_table
+localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_tune, phase_distill, phase_evaluate, phase_adapt, phase_report, personal_table
 
 
 rule all:
@@ -63,3 +64,8 @@ rule phase_evaluate:
 rule phase_adapt:
     input:
         phase_outputs("adapt"),
+
+
+rule phase_report:
+    input:
+        phase_outputs("report"),

@@ -235,3 +235,13 @@ def test_dnsmos_window_cap_keeps_speechmos_first_windows(pair):
     window = tiled[: int(9.01 * 16000)]
     assert first == pytest.approx(dnsmos_scores(window)[0], abs=1e-6)  # one 9.01 s window
     assert first != official
+
+
+def test_dnsmos_without_p808_keeps_the_p835_scores(pair):
+    clean, noisy = pair
+    for audio in (clean[: 5 * 16000], noisy):  # tiled to 10 s (2 windows); a longer clip
+        full, _ = dnsmos_scores(audio)
+        lean, _ = dnsmos_scores(audio, p808=False)
+        assert "dnsmos_p808" in full and "dnsmos_p808" not in lean
+        for key, value in lean.items():
+            assert value == pytest.approx(full[key], abs=1e-6), key

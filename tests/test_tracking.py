@@ -91,9 +91,9 @@ def test_trainer_run_is_fully_tracked(clean_env, tmp_path):
     checkpoint = tmp_path / "ckpt" / CHECKPOINT
     assert tags["checkpoint.path"] == str(checkpoint.resolve())
     assert tags["checkpoint.sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    history = client.get_metric_history(tracker.run_id, "valid_si_sdr")
+    history = client.get_metric_history(tracker.run_id, "valid/si_sdr")
     assert sorted(m.step for m in history) == [1, 2, 3]
-    assert run.data.metrics["final_best_valid_si_sdr"] == pytest.approx(
+    assert run.data.metrics["final/best_valid_si_sdr"] == pytest.approx(
         metrics["best_valid_si_sdr"]
     )
     files = {a.path for a in client.list_artifacts(tracker.run_id)}

@@ -143,7 +143,7 @@ def test_trials_are_nested_mlflow_runs_and_the_best_values_feed_distillation(
     assert 0.1 <= values["weight"] <= 10.0
     assert (tmp_path / "tune" / METHOD / "history.png").stat().st_size > 1000
     client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
-    experiment = client.get_experiment_by_name(f"sekd/tune/{METHOD}")
+    experiment = client.get_experiment_by_name("sekd/tune")
     runs = client.search_runs([experiment.experiment_id])
     parent = [r for r in runs if "sekd.parent" in r.data.tags]
     trials = [r for r in runs if "optuna.trial.number" in r.data.tags]
@@ -152,7 +152,7 @@ def test_trials_are_nested_mlflow_runs_and_the_best_values_feed_distillation(
     assert {r.data.tags["optuna.trial.state"] for r in trials} == {"COMPLETE"}
     best = [r for r in trials if r.data.tags.get("optuna.best") == "true"]
     assert len(best) == 1 and float(best[0].data.params["values.weight"]) == values["weight"]
-    history = client.get_metric_history(trials[0].info.run_id, "valid_si_sdr_objective")
+    history = client.get_metric_history(trials[0].info.run_id, "valid/si_sdr_objective")
     assert len(history) == 2  # intermediate values, one per epoch
     tuned = apply_values(cfg, METHOD, values)
     assert tuned["distill"][METHOD]["weight"] == values["weight"]

@@ -109,7 +109,7 @@ def guard_dnsmos(estimates: list[np.ndarray]) -> float:
     from sekd.metrics.dnsmos import dnsmos_scores  # onnxruntime loads on first use
 
     audio = np.concatenate(estimates)[: round(GUARD_SECONDS * SAMPLE_RATE)]
-    return dnsmos_scores(audio, SAMPLE_RATE)[0]["dnsmos_ovrl"]
+    return dnsmos_scores(audio, SAMPLE_RATE, p808=False)[0]["dnsmos_ovrl"]
 
 
 class AdaptTrainer(Trainer):

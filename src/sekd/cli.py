@@ -101,7 +101,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from sekd.tracking import start_run
+    from sekd.tracking import start_run, system_tags
     from sekd.train import train_model
 
     cfg = _config(args)
@@ -111,7 +111,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         train_cfg["seed"] = args.seed
     phase = args.phase or args.role
     run_name = args.run_name or f"{phase}/{Path(args.out).name}"
-    with start_run(phase, run_name, tracking_cfg=_tracking(cfg)) as tracker:
+    system = ("teacher", None) if args.role == "teacher" else ("nokd", train_cfg["seed"])
+    tags = system_tags(*system)
+    with start_run(phase, run_name, None, tags, _tracking(cfg)) as tracker:
         train_model(
             model_cfg=section["model"],
             train_cfg=train_cfg,
@@ -130,7 +132,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     """Train one student with one distillation method against the frozen teacher."""
     from sekd.config import params_hash
     from sekd.models.store import load_model
-    from sekd.tracking import start_run
+    from sekd.tracking import start_run, system_tags
     from sekd.train import file_sha256, train_model
 
     cfg = _config(args)
@@ -150,7 +152,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
             "teacher": file_sha256(teacher_dir / "model.safetensors"),
         }
     )
-    phase, run_name = f"distill/{method}", f"distill/{method}/seed{args.seed}"
+    phase, run_name = "distill", f"distill/{method}/seed{args.seed}"
     common = {
         "train_manifest": Path(args.train),
         "valid_manifest": Path(args.valid),
@@ -158,7 +160,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
         "checkpoint_dir": Path(args.checkpoints),
         "threads": args.threads,
     }
-    with start_run(phase, run_name, {method: method_cfg}, tracking_cfg=_tracking(cfg)) as tracker:
+    params = {"method": method, "distill": {method: method_cfg}}
+    tags = system_tags(method, args.seed)
+    with start_run(phase, run_name, params, tags, _tracking(cfg)) as tracker:
         if method in ("okd", "metricgan"):
             from sekd.distill.okd import train_okd
 
@@ -270,6 +274,36 @@ def cmd_table(args: argparse.Namespace) -> None:
     write_comparison([Path(p) for p in args.systems], Path(args.out))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Print the comparison of a phase's runs, read from MLflow."""
+    from sekd.compare import compare_text
+
+    cfg = _config(args)
+    print(compare_text(args.phase, _tracking(cfg), args.method, args.seed, args.runs))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sekd.report import write_report
+
+    cfg = _config(args)
+    path = write_report(Path(args.root), Path(args.out), cfg)
+    print(f"report: {path}")
+
+
+def cmd_enhance(args: argparse.Namespace) -> None:
+    from sekd.enhance import enhance_path
+
+    enhance_path(Path(args.input), Path(args.output), Path(args.model), stream=args.stream)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from sekd.export import export_model
+
+    meta = export_model(Path(args.model), Path(args.out))
+    worst = max(meta["max_abs_error"].values())
+    print(f"{args.out}: model.onnx, step.onnx; max abs error vs torch {worst:.2g}")
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--params", action="append", help="params file(s); later ones overlay")
@@ -363,6 +397,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("personal-table", cmd_personal_table, "per-speaker personalisation table and plot")
     p.add_argument("--out", required=True, help="folder for metrics.json, table.md/csv, gains.png")
     p.add_argument("results", nargs="+", help="folders <speaker>/<role> of evaluate results")
+    p = add("compare", cmd_compare, "compare methods' test metrics from the MLflow runs")
+    p.add_argument(
+        "--phase",
+        default="distill",
+        help="distill (with the no-KD baseline), evaluate (every system), student, teacher, adapt",
+    )
+    p.add_argument("--method", action="append", default=[], help="only these methods")
+    p.add_argument("--seed", action="append", type=int, default=[], help="only these seeds")
+    p.add_argument("--runs", action="store_true", help="one line per run instead of per method")
+    p = add("report", cmd_report, "write the self-contained HTML report")
+    p.add_argument("--root", default=".", help="folder holding data/, models/, results/")
+    p.add_argument("--out", default="results/report", help="folder for index.html")
+    p = sub.add_parser("enhance", help="enhance a noisy file or folder (.wav/.flac) with a model")
+    p.add_argument("input", help="noisy audio file or folder (searched recursively)")
+    p.add_argument("output", help="output folder (same relative paths, input sample rates)")
+    p.add_argument("--model", required=True, help="model folder (model.yaml + weights)")
+    p.add_argument("--stream", action="store_true", help="frame-by-frame (causal GRU students)")
+    p.set_defaults(func=cmd_enhance)
+    p = sub.add_parser("export", help="export a causal GRU student to ONNX and verify it")
+    p.add_argument("--model", required=True, help="model folder (model.yaml + weights)")
+    p.add_argument("--out", required=True, help="folder for model.onnx, step.onnx, export.json")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -19,6 +19,7 @@ from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
 from sekd.metrics.evaluate import DNSMOS_SCORED, score_batch, summarize
+from sekd.tracking import log_to_training_run, split_system, start_run, system_tags
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def evaluate_system(
     phase: str = "evaluate",
 ) -> dict:
     """Enhance (unless ``model_dir`` is None) and score every utterance of ``manifest``."""
-    from sekd.tracking import start_run
-
     table = read_manifest(manifest)
     if table["target"].isna().any() or (table["target"] == "").any():
         raise SekdError(f"{manifest}: evaluation needs a target for every utterance")
@@ -72,8 +71,14 @@ def evaluate_system(
         for i in range(min(options["examples"], len(table))):
             write_audio(tmp / "examples" / f"{table['id'].iloc[i]}.wav", estimates[i])
     params = {"system": system, "manifest": str(manifest), **options}
-    with start_run(phase, f"evaluate/{system}", params, tracking_cfg=tracking_cfg) as run:
-        run.log_metrics({f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]})
+    method, seed = split_system(system)
+    name = f"evaluate/{method}" + ("" if seed is None else f"/seed{seed}")
+    tags = system_tags(method, seed)
+    with start_run(phase, name, params, tags, tracking_cfg) as run:
+        scores = {f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]}
+        run.log_metrics(scores)
+        if phase == "evaluate":
+            log_to_training_run(run, system, scores, tracking_cfg)
         run.log_artifact(out_dir / "per_utterance.csv")
         for wav in sorted((out_dir / "examples").glob("*.wav")):
             run.log_artifact(wav, "audio")
@@ -106,7 +111,7 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     }
     groups: dict[str, list[dict]] = {}
     for result in results:
-        groups.setdefault(_method_of(result["system"]["system"]), []).append(result)
+        groups.setdefault(split_system(result["system"]["system"])[0], []).append(result)
     table = pd.DataFrame([_table_row(method, group) for method, group in groups.items()])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
@@ -122,30 +127,36 @@ def _read_result(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _method_of(system: str) -> str:
-    """``dfkd-0`` -> ``dfkd``; ``noisy`` and ``teacher`` stay as they are."""
-    stem, _, seed = system.rpartition("-")
-    return stem if stem and seed.isdigit() else system
-
-
 def _table_row(method: str, group: list[dict]) -> dict:
     info = group[0]["system"]
-    row = {"system": method, "seeds": len(group), "ci_over": "utterances"}
-    row.update({k: info.get(k) for k in ("params", "macs_per_second", "utterances")})
-    row["dnsmos_utterances"] = info.get("dnsmos_utterances", info.get("utterances"))
-    if len(group) == 1:
-        summary = group[0]["metrics"]
+    if len(group) > 1:
+        seed_means = [{k: v["mean"] for k, v in r["metrics"].items() if v["n"]} for r in group]
+        stats = method_row(method, pd.DataFrame(seed_means))
     else:
-        seed_means = pd.DataFrame(
-            [{k: v["mean"] for k, v in r["metrics"].items() if v["n"]} for r in group]
-        )
-        summary = summarize(seed_means)
-        row["ci_over"] = "seeds"
+        stats = {"system": method, "seeds": 1, "ci_over": "utterances"}
+        _add_summary(stats, group[0]["metrics"])
+    head = {key: stats.pop(key) for key in ("system", "seeds", "ci_over")}
+    model = {k: info.get(k) for k in ("params", "macs_per_second", "utterances")}
+    model["dnsmos_utterances"] = info.get("dnsmos_utterances", info.get("utterances"))
+    return {**head, **model, **stats}
+
+
+def method_row(method: str, seed_means: pd.DataFrame) -> dict:
+    """A table row from one row of test means per seed: mean ± 95% CI over the seeds.
+
+    The report's table and ``sekd compare`` (which reads the means back from MLflow) both use it,
+    so they print the same numbers.
+    """
+    row = {"system": method, "seeds": len(seed_means), "ci_over": "seeds"}
+    _add_summary(row, summarize(seed_means))
+    return row
+
+
+def _add_summary(row: dict, summary: dict) -> None:
     for key in METRIC_KEYS:
         if key in summary and summary[key]["n"]:
             row[key] = summary[key]["mean"]
             row[f"{key}_ci95"] = summary[key]["ci95"]
-    return row
 
 
 def _mean_ci(mean: float, ci: float | None) -> str:
@@ -235,8 +246,8 @@ def write_personal_table(result_dirs: list[Path], out_dir: Path) -> pd.DataFrame
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", {"mean_gain": gains, "speakers": len(table)})
     write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
-    write_text(out_dir / "table.md", _personal_markdown(table, gains))
-    _gains_plot(table, gains, out_dir / "gains.png")
+    write_text(out_dir / "table.md", personal_markdown(table, gains))
+    gains_plot(table, gains, out_dir / "gains.png")
     return table
 
 
@@ -244,7 +255,7 @@ def _difference(first: float | None, second: float | None) -> float | None:
     return None if first is None or second is None else first - second
 
 
-def _personal_markdown(table: pd.DataFrame, gains: dict) -> str:
+def personal_markdown(table: pd.DataFrame, gains: dict) -> str:
     head = ["speaker"]
     for key in PERSONAL_METRICS:
         head += [f"{key} {role}" for role in PERSONAL_ROLES] + [f"{key} gain"]
@@ -271,7 +282,7 @@ def _personal_markdown(table: pd.DataFrame, gains: dict) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def _gains_plot(table: pd.DataFrame, gains: dict, path: Path) -> None:
+def gains_plot(table: pd.DataFrame, gains: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import yaml
-from scipy.signal import resample_poly
 
 from sekd.errors import SekdError
 
@@ -149,6 +148,8 @@ def read_audio(
     if rate != sample_rate:
         log.info("%s: resampled from %d Hz to %d Hz", path, rate, sample_rate)
         g = np.gcd(rate, sample_rate)
+        from scipy.signal import resample_poly  # 0.7 s to import: only when resampling
+
         audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
     if not allow_silent and np.abs(audio).max() < SILENCE_PEAK:
         raise SekdError(f"{path}: silent audio (peak below {SILENCE_PEAK})")

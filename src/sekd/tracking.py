@@ -145,6 +145,35 @@ class NullTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
 
 
+METRIC_GROUPS = ("train", "valid", "final", "test")
+
+
+def metric_key(name: str) -> str:
+    """The key MLflow shows: ``train_loss`` -> ``train/loss``, ``valid_si_sdr`` -> ``valid/si_sdr``.
+
+    Every method's trainer logs through this, so runs of different methods share their keys and
+    line up in the MLflow compare view.
+    """
+    group, _, rest = name.partition("_")
+    return f"{group}/{rest}" if group in METRIC_GROUPS and rest else name
+
+
+def split_system(system: str) -> tuple[str, int | None]:
+    """``dfkd-1`` -> ``("dfkd", 1)``; ``noisy`` and ``teacher`` have no seed."""
+    stem, _, seed = system.rpartition("-")
+    return (stem, int(seed)) if stem and seed.isdigit() else (system, None)
+
+
+def system_tags(method: str, seed: int | None = None) -> dict[str, str]:
+    """Tags naming the system a run trains or scores, the keys ``sekd compare`` filters on."""
+    system = method if seed is None else f"{method}-{seed}"
+    return {
+        "sekd.system": system,
+        "sekd.method": method,
+        "sekd.seed": "" if seed is None else str(seed),
+    }
+
+
 class Tracker(NullTracker):
     """One MLflow run, written through an explicit client."""
 
@@ -163,7 +192,7 @@ class Tracker(NullTracker):
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        items = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        items = [Metric(metric_key(k), float(v), stamp, step or 0) for k, v in metrics.items()]
         _retry(self.client.log_batch, self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -281,6 +310,38 @@ def parent_run(
         run = _retry(client.create_run, experiment_id, tags=tags, run_name=run_name)
         _retry(client.set_terminated, run.info.run_id, "FINISHED")
         return run.info.run_id
+
+
+TRAINING_PHASES = ("teacher", "student", "distill")
+
+
+def log_to_training_run(
+    tracker: NullTracker,
+    system: str,
+    metrics: Mapping[str, float],
+    tracking_cfg: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Copy ``metrics`` onto the latest finished run that trained ``system``; its id, or None.
+
+    An evaluation job scores a model after its training run ended; with the test metrics on the
+    training run too, the MLflow compare view of ``sekd/distill`` shows test scores per method.
+    """
+    if not isinstance(tracker, Tracker):
+        return None
+    client = tracker.client
+    experiments = [
+        _retry(client.get_experiment_by_name, experiment_name(p, tracking_cfg))
+        for p in TRAINING_PHASES
+    ]
+    ids = [e.experiment_id for e in experiments if e is not None]
+    query = f"tags.`sekd.system` = '{system}' and attributes.status = 'FINISHED'"
+    runs = ids and _retry(
+        client.search_runs, ids, query, max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        return None
+    Tracker(client, runs[0].info.run_id).log_metrics(metrics)
+    return runs[0].info.run_id
 
 
 @contextlib.contextmanager

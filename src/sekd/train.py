@@ -21,7 +21,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-from tqdm import tqdm
 
 from sekd.config import params_hash
 from sekd.data.datasets import AudioSet, MixtureDataset, collate
@@ -50,6 +48,7 @@ from sekd.losses.sisdr import neg_si_sdr, si_sdr
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters, macs_per_second
 from sekd.models.store import load_weights, save_model
+from sekd.progress import progress
 from sekd.tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -303,7 +302,7 @@ class Trainer:
         )
         sums: dict[str, float] = {}
         seen = skipped = 0
-        bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not sys.stderr.isatty())
+        bar = progress(loader, len(loader), f"epoch {self.epoch}")
         for batch in bar:
             batch = self._to_device(batch)
             loss, components = self.step(batch)

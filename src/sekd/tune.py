@@ -408,13 +408,14 @@ def run_worker(cfg: dict, method: str, worker: int, data: dict, tracking: dict |
         raise SekdError(f"tune.{method}.space: {method} has no search space in tune")
     url = storage_url(tune, method, data["results"])
     study = load_study(tune, method, open_storage(url), worker, config_key(cfg, method))
-    phase = f"tune/{method}"
-    parent = parent_run(phase, f"{phase}/{study.study_name}", tracking)
+    phase = "tune"
+    parent = parent_run(phase, f"tune/{method}/{study.study_name}", tracking)
     tally: dict[str, list[int]] = {"COMPLETE": [], "PRUNED": [], "FAIL": []}
     shared: dict = {}
     while trial := next_trial(study, url, int(tune["trials"]), float(tune["grace_seconds"])):
         tags = {"optuna.study": study.study_name, "optuna.trial.number": trial.number}
-        name = f"{phase}/trial{trial.number}"
+        tags.update({"sekd.method": method})
+        name = f"tune/{method}/trial{trial.number}"
         state, values = TrialState.FAIL, None
         with (
             heartbeat(study, trial, float(tune["heartbeat_seconds"])),
@@ -505,8 +506,7 @@ def _tag_best(study, best, plots: list[Path], method: str, tracking: dict | None
 
     from sekd.tracking import tracking_uri
 
-    phase = f"tune/{method}"
-    parent = parent_run(phase, f"{phase}/{study.study_name}", tracking)
+    parent = parent_run("tune", f"tune/{method}/{study.study_name}", tracking)
     client = MlflowClient(tracking_uri=tracking_uri(dict(tracking or {})))
     run = client.get_run(parent)
     for trial in best:

@@ -76,7 +76,9 @@ def systems():
     return found
 
 
-PHASES = ["corpus", "synth", "teacher", "student", "tune", "distill", "evaluate", "adapt"]
+PHASES = [
+    "corpus", "synth", "teacher", "student", "tune", "distill", "evaluate", "adapt", "report"
+]
 PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 
 
@@ -98,6 +100,7 @@ def phase_outputs(phase):
             *(f"{RESULTS}/{name}" for name in ("metrics.json", "table.md", "table.csv")),
         ],
         "adapt": [f"{RESULTS}/personal/{name}" for name in PERSONAL_TABLE],
+        "report": [f"{RESULTS}/report/index.html"],
     }
     return outputs[phase]
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sekd.errors import SekdError
+from sekd.progress import progress
 from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, write_audio
 
 from .manifest import MANIFEST_COLUMNS, write_manifest
@@ -142,8 +143,10 @@ class _Runner:
     def map(self, func: Callable, items: Iterable, *args) -> list:
         items = list(items)
         if self.pool is None:
-            return [func(item, *args) for item in items]
-        return list(self.pool.map(func, items, *[[a] * len(items) for a in args]))
+            results = (func(item, *args) for item in items)
+        else:
+            results = self.pool.map(func, items, *[[a] * len(items) for a in args])
+        return list(progress(results, len(items), getattr(func, "__name__", "").strip("_")))
 
 
 def _draw_rooms(runner: _Runner, cfg: dict, split: str, count: int, prefix: str) -> list[Room]:

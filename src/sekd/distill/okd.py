@@ -900,7 +900,7 @@ def train_okd(
     tracker.log_metrics(numbers)
     tracker.set_tags(
         {
-            "sekd.phase": f"distill/{trainer.method}",
+            "sekd.phase": "distill",
             "sekd.config_hash": trainer.hash,
             "checkpoint.path": str(trainer.checkpoint.resolve()),
             "checkpoint.sha256": file_sha256(trainer.checkpoint),

@@ -45,6 +45,14 @@ def _scorer() -> dnsmos.DNSMOS:
     return _SingleThreadDNSMOS(str(_MODELS / "sig_bak_ovr.onnx"), str(_MODELS / "model_v8.onnx"))
 
 
+def tiled(audio: np.ndarray, sample_rate: int = DNSMOS_RATE) -> np.ndarray:
+    """``audio`` doubled until it lasts 9.01 s, as speechmos (and Microsoft's script) tile it."""
+    audio = np.asarray(audio)
+    while 0 < audio.size < WINDOW_SECONDS * sample_rate:
+        audio = np.append(audio, audio)
+    return audio
+
+
 def first_windows(audio: np.ndarray, windows: int, sample_rate: int = DNSMOS_RATE) -> np.ndarray:
     """``audio`` tiled as speechmos tiles it, cut so that speechmos scores only its first windows.
 
@@ -52,20 +60,43 @@ def first_windows(audio: np.ndarray, windows: int, sample_rate: int = DNSMOS_RAT
     every second: a 3 s clip becomes 12 s and costs three windows. Cutting the tiled signal to
     ``9 + windows`` seconds keeps the first ``windows`` of those same windows and drops the rest.
     """
-    audio = np.asarray(audio)
-    while 0 < audio.size < WINDOW_SECONDS * sample_rate:
-        audio = np.append(audio, audio)
-    return audio[: (9 + windows) * sample_rate]
+    return tiled(audio, sample_rate)[: (9 + windows) * sample_rate]
+
+
+def _p835(audio: np.ndarray) -> dict:
+    """SIG/BAK/OVRL exactly as speechmos computes them, without its P.808 model.
+
+    The P.808 head needs a mel spectrogram and a second network, about two thirds of a clip's
+    cost, for a score (``dnsmos_p808``) that the P.835 ones do not use.
+    """
+    scorer, rate = _scorer(), DNSMOS_RATE
+    audio = tiled(audio)
+    length = int(WINDOW_SECONDS * rate)
+    hops = int(np.floor(len(audio) / rate) - WINDOW_SECONDS) + 1
+    starts = [h * rate for h in range(hops) if h * rate + length <= len(audio)]
+    raw = [
+        scorer.onnx_sess.run(None, {"input_1": audio[s : s + length].astype(np.float32)[None]})[0][
+            0
+        ]
+        for s in starts
+    ]
+    fitted = np.array([scorer.get_polyfit_val(*r, False) for r in raw], dtype=np.float64)
+    sig, bak, ovrl = fitted.mean(axis=0)
+    return {"sig_mos": sig, "bak_mos": bak, "ovrl_mos": ovrl}
 
 
 def dnsmos_scores(
-    audio: np.ndarray, sample_rate: int = DNSMOS_RATE, windows: int | None = None
+    audio: np.ndarray,
+    sample_rate: int = DNSMOS_RATE,
+    windows: int | None = None,
+    p808: bool = True,
 ) -> tuple[dict, str | None]:
-    """``{'dnsmos_sig', 'dnsmos_bak', 'dnsmos_ovrl', 'dnsmos_p808'}`` and a note, or None.
+    """``{'dnsmos_sig', 'dnsmos_bak', 'dnsmos_ovrl'[, 'dnsmos_p808']}`` and a note, or None.
 
     DNSMOS needs samples in [-1, 1]; a louder input is scaled down to a peak of 1 and the note
     says so (the score then describes the scaled signal). Clips under 9.01 s are tiled by speechmos.
-    ``windows`` caps how many of speechmos' 9.01 s windows are averaged (None: all, as official).
+    ``windows`` caps how many of speechmos' 9.01 s windows are averaged (None: all, as official);
+    ``p808=False`` skips the P.808 model (the P.835 scores are unchanged).
     """
     if sample_rate != DNSMOS_RATE:
         raise ValueError(f"dnsmos: needs {DNSMOS_RATE} Hz, got {sample_rate} Hz")
@@ -78,5 +109,5 @@ def dnsmos_scores(
         note = f"dnsmos: peak {peak:.3g} > 1, scaled to 1"
     if windows is not None:
         audio = first_windows(audio, windows)
-    result = _scorer()(audio, DNSMOS_RATE, False)
-    return {key: float(result[name]) for name, key in _KEYS.items()}, note
+    result = _scorer()(audio, DNSMOS_RATE, False) if p808 else _p835(audio)
+    return {key: float(result[name]) for name, key in _KEYS.items() if name in result}, note

@@ -32,6 +32,7 @@ from sekd.metrics.composite import composite
 from sekd.metrics.pesq_metric import pesq_score
 from sekd.metrics.sisdr import si_sdr_scores
 from sekd.metrics.stoi_metric import stoi_scores
+from sekd.progress import progress
 
 Audio = np.ndarray | str | Path
 _THREAD_VARIABLES = (
@@ -55,6 +56,8 @@ def metric_keys(options: Mapping) -> list[str]:
         off |= {"csig", "cbak", "covl"}
     if not options.get("dnsmos", True):
         off |= {k for k in METRIC_KEYS if k.startswith("dnsmos_")}
+    if not options.get("dnsmos_p808", True):
+        off.add("dnsmos_p808")
     return [k for k in METRIC_KEYS if k not in off]
 
 
@@ -133,7 +136,9 @@ def score_utterance(
     if options.get("dnsmos", True):
         from sekd.metrics.dnsmos import dnsmos_scores  # onnxruntime and librosa load on first use
 
-        values, note = dnsmos_scores(estimate, SAMPLE_RATE, options.get("dnsmos_windows"))
+        values, note = dnsmos_scores(
+            estimate, SAMPLE_RATE, options.get("dnsmos_windows"), options.get("dnsmos_p808", True)
+        )
         row.update(values)
         if note:
             notes.append(note)
@@ -220,7 +225,7 @@ def score_batch(
     score = partial(_score_job, options=dict(options))
     if workers <= 1 or len(jobs) < 2:
         with _torch_single_thread():
-            rows = [score(job) for job in jobs]
+            rows = [score(job) for job in progress(jobs, len(jobs), "scoring")]
     else:
         workers = min(workers, len(jobs))
         chunksize = max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
@@ -229,7 +234,7 @@ def score_batch(
             _single_thread_environment(),
             ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool,
         ):
-            rows = list(pool.map(score, jobs, chunksize=chunksize))
+            rows = list(progress(pool.map(score, jobs, chunksize=chunksize), len(jobs), "scoring"))
     frame = pd.DataFrame(rows, columns=["id", *metric_keys(options), "note"])
     if dnsmos:
         frame[DNSMOS_SCORED] = scored

@@ -1,0 +1,100 @@
+"""Streaming inference for causal GRU mask students: frame by frame, equal to offline processing.
+
+``StreamingEnhancer`` carries the GRU hidden state per layer between chunks; ``sekd.framing``'s
+``FrameStream`` carries the input buffer (with ``center=True``'s reflect padding at both ends) and
+the overlap-add and window-sum-square buffers of ``torch.istft``. So the concatenated outputs of
+``process`` and ``flush`` equal ``model(wave)`` up to float rounding, whatever the chunk sizes.
+Algorithmic latency: one window (``n_fft`` samples); the model itself has no look-ahead.
+
+Non-causal models (bidirectional GRU, Conv-TasNet) cannot stream and are refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from sekd.errors import SekdError
+from sekd.framing import FrameStream
+from sekd.models.gru_mask import GRUMaskNet
+from sekd.models.metricgan import MetricGANGRU
+
+
+def require_causal_gru(model: nn.Module, purpose: str = "streaming") -> GRUMaskNet:
+    """``model`` if it is a causal GRU mask net, else a SekdError saying why ``purpose`` fails."""
+    if not isinstance(model, GRUMaskNet):
+        kind = "causal, but has no frame step" if getattr(model, "causal", False) else "non-causal"
+        raise SekdError(
+            f"{purpose} needs a causal model, a GRU mask student (gru_mask or metricgan_gru with "
+            f"bidirectional: false); {type(model).__name__} ({kind}) is not supported"
+        )
+    if not model.causal:
+        raise SekdError(
+            f"{purpose} needs a causal model: this {type(model).__name__} has a bidirectional "
+            "GRU (bidirectional: true), which looks at future frames"
+        )
+    return model
+
+
+def mask_kind(model: GRUMaskNet) -> str:
+    """How the mask acts: ``complex`` multiplies the complex STFT; ``log1p`` (MetricGAN) multiplies
+    ``log1p|Y|``, resynthesised with ``expm1`` and the noisy phase."""
+    return "log1p" if isinstance(model, MetricGANGRU) else "complex"
+
+
+def frame_mask(model: GRUMaskNet, latent: torch.Tensor) -> torch.Tensor:
+    """The mask ``[B, frames, F]`` from the GRU output, as the model's ``decode`` computes it."""
+    if isinstance(model, MetricGANGRU):
+        return model.mask(latent)
+    return torch.sigmoid(model.proj(latent)).float()
+
+
+def apply_mask(model: GRUMaskNet, spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Enhanced complex STFT ``[B, F, frames]`` from the noisy one and ``frame_mask``'s mask."""
+    if mask_kind(model) == "log1p":
+        magnitude = torch.expm1(mask * model.features(spec)).transpose(1, 2)
+        return torch.polar(magnitude, torch.angle(spec))
+    return spec * mask.transpose(1, 2)
+
+
+class MaskNetwork(nn.Module):
+    """The model between STFT and iSTFT: features ``[B, k, F]`` and GRU state -> mask, new state.
+
+    What ``sekd.export`` puts in the ONNX graphs; streaming calls it with the carried state.
+    """
+
+    def __init__(self, model: GRUMaskNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, features: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        latent, state = self.model.gru(features, state)
+        return frame_mask(self.model, latent), state
+
+
+class StreamingEnhancer(FrameStream):
+    """Enhance a signal chunk by chunk with a causal GRU mask model, on the model's device."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = require_causal_gru(model).eval()
+        self.network = MaskNetwork(self.model)
+        self._window = self.model.window.float()
+        super().__init__(self.model.n_fft, self.model.hop, self._window.cpu().numpy())
+
+    def reset(self) -> None:
+        super().reset()
+        self._hidden: torch.Tensor | None = None  # [layers, 1, hidden]
+
+    def _transform(self, frames: np.ndarray) -> np.ndarray:
+        """STFT, features, GRU from the carried state, mask and inverse FFT of ``k`` frames."""
+        model = self.model
+        with torch.inference_mode():
+            x = torch.from_numpy(frames).to(self._window.device)
+            spec = torch.fft.rfft(x * self._window, dim=-1).T[None]  # [1, F, k]
+            mask, self._hidden = self.network(model.features(spec), self._hidden)
+            enhanced = apply_mask(model, spec, mask)
+            out = torch.fft.irfft(enhanced[0].T, n=model.n_fft, dim=-1) * self._window
+            return out.cpu().numpy()

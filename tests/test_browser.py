@@ -1,0 +1,203 @@
+"""What a researcher looks at, rendered in a real headless Chromium: the MLflow compare view of the
+distilled students (served by a real `mlflow server` the pipeline logged to) and the generated
+report opened from disk.
+
+Chromium comes from Debian (`apt-get install chromium`, done here when missing and root). Where it
+cannot be installed the test fails and says so; SEKD_ALLOW_NO_BROWSER=1 makes that an explicit skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from repo_copy import BIN, copy_repo, tiny_overlay
+
+from sekd.config import deep_merge
+
+pytestmark = pytest.mark.pipeline
+
+METHODS = ["output_kd", "dfkd"]
+OVERLAY = {"distill": {"methods": METHODS}, "tune": {"methods": []}}
+CHECK = """<script>
+window.sekdErrors = [];
+window.addEventListener('error', e => window.sekdErrors.push(String(e.message || e.target.src)), true);
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const result = {
+    images: images.length,
+    broken: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt || i.src.slice(0, 40)),
+    tables: document.querySelectorAll('table').length,
+    audio: document.querySelectorAll('audio').length,
+    sections: [...document.querySelectorAll('h2[id]')].map(h => h.id),
+    errors: window.sekdErrors,
+  };
+  const out = document.createElement('pre');
+  out.id = 'sekd-check';
+  out.textContent = JSON.stringify(result);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _fail_or_skip(message: str) -> None:
+    if os.environ.get("SEKD_ALLOW_NO_BROWSER") == "1":
+        pytest.skip(message)
+    pytest.fail(message + " (SEKD_ALLOW_NO_BROWSER=1 skips it knowingly)")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = shutil.which("chromium")
+    if not found and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True
+        )
+        found = shutil.which("chromium")
+    if not found:
+        _fail_or_skip("NO CHROMIUM: cannot install Debian's chromium (not root or no apt-get)")
+    return found
+
+
+def render(chromium: str, url: str, tmp_path: Path) -> str:
+    """The DOM after the page's scripts ran (virtual time lets the MLflow UI finish loading)."""
+    profile = tmp_path / f"profile-{time.monotonic_ns()}"
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900",
+        "--virtual-time-budget=20000", "--dump-dom", url,
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on loopback in its lean form (one worker, job execution off)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [
+        str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = open(root / "server.log", "w")  # noqa: SIM115 (open while the server runs)
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (
+                root / "server.log"
+            ).read_text()
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(mlflow_server, tmp_path_factory) -> Path:
+    """The tiny pipeline, two KD methods, logging to the server; the report included."""
+    repo = copy_repo(tmp_path_factory.mktemp("repo"), deep_merge(tiny_overlay(), OVERLAY))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+    }
+    proc = subprocess.run(
+        ["snakemake", "-c2", "--quiet", "rules"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return repo
+
+
+def test_mlflow_compare_view_lists_both_students_with_the_same_keys(
+    pipeline, mlflow_server, chromium, tmp_path
+):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sekd/distill")
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+    names = {r.info.run_name: r for r in runs}
+    assert set(names) == {f"distill/{m}/seed0" for m in METHODS}
+    keys = [{k for k in r.data.metrics if k.startswith("test/")} for r in runs]
+    assert keys[0] == keys[1] and {"test/si_sdr", "test/pesq_wb", "test/stoi"} <= keys[0]
+    ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
+    query = urllib.parse.urlencode(
+        {"runs": ids, "experiments": json.dumps([experiment.experiment_id])}
+    )
+    dom = render(chromium, f"{mlflow_server}/#/compare-runs?{query}", tmp_path)
+    text = re.sub(r"<[^>]+>", " ", dom)
+    for name in names:
+        assert name in text, f"{name} is not on the compare page"
+    assert "test/si_sdr" in text and "test/pesq_wb" in text
+
+
+def test_compare_prints_the_report_numbers(pipeline, mlflow_server):
+    from sekd.cli import main
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    try:
+        from sekd.compare import method_table, runs_frame
+
+        table = method_table(runs_frame("distill")).set_index("system")
+        assert (
+            main(["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml")]) == 0
+        )
+    finally:
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+    report = pd.read_csv(pipeline / "results/table.csv").set_index("system")
+    for method in [*METHODS, "nokd"]:
+        for key in ("si_sdr", "pesq_wb", "stoi"):
+            assert table.loc[method, key] == pytest.approx(report.loc[method, key], abs=5e-5)
+
+
+def test_report_renders_every_figure_and_table_offline(pipeline, chromium, tmp_path):
+    index = pipeline / "results/report/index.html"
+    html = index.read_text()
+    assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing fetched from the network
+    probe = index.with_name("probe.html")
+    probe.write_text(html.replace("<head>", "<head>" + CHECK, 1))
+    dom = render(chromium, probe.as_uri(), tmp_path)
+    found = re.search(r'<pre id="sekd-check">(.*?)</pre>', dom, re.S)
+    assert found, "the probe never ran: the page did not finish loading"
+    check = json.loads(found.group(1).replace("&quot;", '"'))
+    assert check["errors"] == [] and check["broken"] == [], check
+    assert check["images"] >= 8 and check["tables"] >= 2 and check["audio"] >= 4, check
+    assert len(check["sections"]) >= 6, check
