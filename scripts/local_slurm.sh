@@ -109,6 +109,9 @@ case "${1:-}" in
         [ "$(id -u)" = 0 ] || die "needs root (daemons, /etc/slurm/slurm.conf)"
         install_packages
         stop_daemons
+        if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+            die "a slurmctld/slurmd not started from $STATE is running (pids $(pgrep -d, -x 'slurmctld|slurmd')); stop it first"
+        fi
         write_conf
         start_munge
         slurmctld -f "$CONF"

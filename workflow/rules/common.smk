@@ -3,6 +3,8 @@
 import json
 import os
 
+from snakemake.exceptions import WorkflowError
+
 from sekd.config import validate_params
 
 validate_params(config, source="snakemake config")
@@ -51,6 +53,17 @@ def tune_sections(method):
         "tune": config["tune"],
     }
     return json.dumps(picked, sort_keys=True)
+
+
+def job_cores(wanted=None):
+    """Threads of a job that spreads its files over processes: ``wanted`` (None: all), at most the
+    local cores. On a cluster there is no --cores: ``wanted`` or 1, which the SLURM profile raises
+    for synthesis with set-threads (site key cpus_for_synthesis)."""
+    try:
+        available = workflow.cores
+    except WorkflowError:
+        return wanted or 1
+    return min(wanted or available, available)
 
 
 def per_attempt(base):

@@ -14,7 +14,7 @@ rule corpus:
         "logs/corpus.log",
     benchmark:
         "logs/benchmarks/corpus.tsv"
-    threads: workflow.cores
+    threads: job_cores()
     resources:
         mem_mb=per_attempt(4000),
         runtime=per_attempt(60),
@@ -35,7 +35,7 @@ rule noise:
         "logs/noise.log",
     benchmark:
         "logs/benchmarks/noise.tsv"
-    threads: workflow.cores
+    threads: job_cores()
     resources:
         mem_mb=per_attempt(4000),
         runtime=per_attempt(30),
@@ -60,7 +60,7 @@ rule synth:
         "logs/synth/{split}.log",
     benchmark:
         "logs/benchmarks/synth/{split}.tsv"
-    threads: workflow.cores
+    threads: job_cores()
     priority: SYNTH_PRIORITY
     resources:
         mem_mb=per_attempt(8000),
@@ -84,7 +84,7 @@ checkpoint synth_personal:
         "logs/synth/personal.log",
     benchmark:
         "logs/benchmarks/synth/personal.tsv"
-    threads: workflow.cores
+    threads: job_cores()
     priority: SYNTH_PRIORITY
     resources:
         mem_mb=per_attempt(4000),

@@ -19,7 +19,7 @@ rule evaluate:
         "logs/evaluate/{system}.log",
     benchmark:
         "logs/benchmarks/evaluate/{system}.tsv"
-    threads: min(config["evaluate"]["threads"], workflow.cores)
+    threads: job_cores(config["evaluate"]["threads"])
     resources:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(60),
