@@ -134,7 +134,9 @@ class NullTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, group: str | None = None
+    ) -> None: ...
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
@@ -148,14 +150,17 @@ class NullTracker:
 METRIC_GROUPS = ("train", "valid", "final", "test")
 
 
-def metric_key(name: str) -> str:
-    """The key MLflow shows: ``train_loss`` -> ``train/loss``, ``valid_si_sdr`` -> ``valid/si_sdr``.
+def metric_key(name: str, default_group: str | None = None) -> str:
+    """The key MLflow shows: ``train_loss`` -> ``train/loss``, ``valid_si_sdr`` -> ``valid/si_sdr``;
+    a name outside the groups (``lr``) goes under ``default_group`` when one is given.
 
     Every method's trainer logs through this, so runs of different methods share their keys and
     line up in the MLflow compare view.
     """
     group, _, rest = name.partition("_")
-    return f"{group}/{rest}" if group in METRIC_GROUPS and rest else name
+    if group in METRIC_GROUPS and rest:
+        return f"{group}/{rest}"
+    return f"{default_group}/{name}" if default_group else name
 
 
 def split_system(system: str) -> tuple[str, int | None]:
@@ -187,12 +192,16 @@ class Tracker(NullTracker):
         for start in range(0, len(items), BATCH):
             _retry(self.client.log_batch, self.run_id, params=items[start : start + BATCH])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """All metrics of one step in one store call."""
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, group: str | None = None
+    ) -> None:
+        """All metrics of one step in one store call, under :func:`metric_key`'s names."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), stamp, step or 0) for k, v in metrics.items()]
+        items = [
+            Metric(metric_key(k, group), float(v), stamp, step or 0) for k, v in metrics.items()
+        ]
         _retry(self.client.log_batch, self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

@@ -361,7 +361,7 @@ class Trainer:
             samples_per_second=len(self.train_set) / max(train_seconds, 1e-9),
         )
         self.history.append(row)
-        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=self.epoch)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, self.epoch, "train")
         stopped = self.bad_epochs >= self.cfg["patience"]
         self.finished = stopped or self.epoch >= self.cfg["epochs"]
         log.info(

@@ -743,7 +743,7 @@ class OKDTrainer:
         row.update(self.validate(pool))
         row["seconds"] = time.perf_counter() - start
         self.rows.append(row)
-        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=self.epoch)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, self.epoch, "train")
         summary = "  ".join(f"{m} {row[f'valid_{m}']:.3f}" for m in self.metrics)
         log.info(
             "epoch %d/%d  L_D %.4f  valid %s  history %d  %.1fs",
