@@ -110,3 +110,13 @@ def test_snakemake_alone_gives_the_same_results(dvc_run: Path, tmp_path: Path) -
     assert ours == theirs
     manifest = "data/mixtures/train/manifest.csv"
     assert (repo / manifest).read_bytes() == (dvc_run / manifest).read_bytes()
+
+
+def test_dvc_plots_render_training_curves_and_the_comparison(dvc_run: Path) -> None:
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], cwd=dvc_run).stdout)["data"]
+    assert {"teacher_curve", "student_curves", "method_comparison"} <= set(shown)
+    for name, plots in shown.items():
+        values = plots[0]["content"]["data"]["values"]
+        assert values, f"{name}: no data"
+    systems = {row["system"] for row in shown["method_comparison"][0]["content"]["data"]["values"]}
+    assert {"noisy", "teacher", "nokd", "output_kd", "dfkd"} <= systems
