@@ -25,10 +25,17 @@ install_packages() {
     command -v apt-get >/dev/null || die "slurm-wlm and munge are not installed and there is no apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null || die "apt-get update failed"
-    # policy-rc.d (exit 101) keeps apt from starting the daemons; this script starts them itself
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-    apt-get install -y -qq slurm-wlm slurmctld slurmd slurm-client munge >/dev/null \
-        || die "apt-get install slurm-wlm munge failed"
+    # policy-rc.d (exit 101) keeps apt from starting the daemons (this script starts them itself);
+    # one made here is removed again, so later installs on the machine behave as before
+    local made=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+        made=1
+    fi
+    local status=0
+    apt-get install -y -qq slurm-wlm slurmctld slurmd slurm-client munge >/dev/null || status=$?
+    [ "$made" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ "$status" = 0 ] || die "apt-get install slurm-wlm munge failed"
 }
 
 write_conf() {
