@@ -158,7 +158,8 @@ def test_pipeline_runs_on_slurm_and_a_killed_job_resumes(slurm: Path, tmp_path: 
     shown = subprocess.run(["scontrol", "show", "job", killed], capture_output=True, text=True)
     assert "JobState=CANCELLED" in shown.stdout, shown.stdout + shown.stderr
     assert f"SLURM-job '{killed}' failed" in output, output[-6000:]
-    teacher_jobs = re.findall(r"rule train_teacher:.*?resources: ([^\n]*)", output, re.S)
+    blocks = re.findall(r"^rule train_teacher:\n((?:    .*\n)+)", output, re.M)  # submissions
+    teacher_jobs = [re.search(r"resources: (.*)", block).group(1) for block in blocks]
     assert len(teacher_jobs) == 2, teacher_jobs
     assert "mem_mb=8000," in teacher_jobs[0] and "mem_mb=16000," in teacher_jobs[1]
     resumed = re.search(r"resumed after epoch (\d+)", (repo / "logs/train_teacher.log").read_text())
