@@ -89,9 +89,7 @@ def systems():
     return found
 
 
-PHASES = [
-    "corpus", "synth", "teacher", "student", "tune", "distill", "evaluate", "adapt", "report"
-]
+PHASES = ["corpus", "synth", "teacher", "student", "tune", "distill", "evaluate", "adapt", "report"]
 PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 
 
