@@ -102,4 +102,5 @@ def test_stage_deps_cover_every_upstream_output(dag: dict) -> None:
             reachable |= frontier
             producers = [s for s in dag.values() if any(covered(d, s["outs"]) for d in frontier)]
             frontier = set().union(*(s["deps"] for s in producers)) - reachable
-        assert all(covered(path, reachable) for path in upstream), (name, upstream, reachable)
+        missing = sorted(path for path in upstream if not covered(path, reachable))
+        assert not missing, (name, missing)
