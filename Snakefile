@@ -15,7 +15,7 @@ include: "workflow/rules/adapt.smk"
 include: "workflow/rules/report.smk"
 
 
-localrules: all, phase_corpus, phase_synth, phase_teacher, phase_student, phase_tune, phase_distill, phase_evaluate, phase_adapt, phase_report, personal_table
+localrules: all, phase_corpus, phase_synth, phase_train, phase_tune, phase_distill, phase_evaluate, phase_adapt, phase_report, personal_table
 
 
 rule all:
@@ -36,14 +36,9 @@ rule phase_synth:
         phase_outputs("synth"),
 
 
-rule phase_teacher:
+rule phase_train:
     input:
-        phase_outputs("teacher"),
-
-
-rule phase_student:
-    input:
-        phase_outputs("student"),
+        phase_outputs("train"),
 
 
 rule phase_tune:

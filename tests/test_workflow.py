@@ -79,7 +79,7 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
     )
     try:
         status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
-        assert set(status) == {"student", "tune", "distill"}  # later stages follow their outs
+        assert set(status) == {"train", "tune", "distill"}  # later stages follow their outs
         jobs = planned_jobs(dvc_run)
         students = {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
         personal = {"adapt", "evaluate_personal", "personal_table"}  # adapt.student is nokd-0
@@ -90,6 +90,20 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
         assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
         # a speaker's scorings (the teacher's too) wait for its adaptation: one job per speaker
         assert jobs["adapt"] == 2 and jobs["evaluate_personal"] == 6
+    finally:
+        run(["git", "checkout", "params.yaml"], cwd=dvc_run)
+
+
+def test_teacher_param_change_keeps_the_no_kd_students(dvc_run: Path) -> None:
+    """The train stage holds both; its persisted outs let Snakemake retrain the teacher alone."""
+    change_params(
+        dvc_run, lambda p: p["teacher"]["train"].update(lr=p["teacher"]["train"]["lr"] * 2)
+    )
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
+        assert "train" in status
+        jobs = planned_jobs(dvc_run)
+        assert jobs["train_teacher"] == 1 and "train_student_nokd" not in jobs
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 

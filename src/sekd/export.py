@@ -110,11 +110,11 @@ class OnnxStreamingEnhancer(FrameStream):
         meta = self.enhancer.meta
         spec = np.fft.rfft(frames * self.window, axis=-1)
         features = spectral_features(spec, meta["feature"])
-        masks = []
-        for frame in features:  # the step graph takes one frame: the GRU state carries on
+        masks = np.empty_like(features)
+        for index, frame in enumerate(features):  # the step graph takes one frame: state carries
             mask, self._state = self.enhancer.step(frame[None, None], self._state)
-            masks.append(mask[0, 0])
-        enhanced = apply_mask(spec, np.stack(masks), features, meta["mask_kind"])
+            masks[index] = mask[0, 0]
+        enhanced = apply_mask(spec, masks, features, meta["mask_kind"])
         return np.fft.irfft(enhanced, n=self.n_fft, axis=-1).astype(np.float32) * self.window
 
 

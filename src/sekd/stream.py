@@ -92,7 +92,7 @@ class StreamingEnhancer(FrameStream):
         """STFT, features, GRU from the carried state, mask and inverse FFT of ``k`` frames."""
         model = self.model
         with torch.inference_mode():
-            x = torch.from_numpy(frames).to(self._window.device)
+            x = torch.from_numpy(frames.copy()).to(self._window.device)  # frames: a read-only view
             spec = torch.fft.rfft(x * self._window, dim=-1).T[None]  # [1, F, k]
             mask, self._hidden = self.network(model.features(spec), self._hidden)
             enhanced = apply_mask(model, spec, mask)

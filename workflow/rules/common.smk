@@ -89,7 +89,7 @@ def systems():
     return found
 
 
-PHASES = ["corpus", "synth", "teacher", "student", "tune", "distill", "evaluate", "adapt", "report"]
+PHASES = ["corpus", "synth", "train", "tune", "distill", "evaluate", "adapt", "report"]
 PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 
 
@@ -98,8 +98,9 @@ def phase_outputs(phase):
     outputs = {
         "corpus": [f"{DATA}/corpus", f"{DATA}/noise"],
         "synth": [*(f"{DATA}/mixtures/{split}" for split in SPLITS), f"{DATA}/personal"],
-        "teacher": [TEACHER],
-        "student": [student_dir("nokd", seed) for seed in STUDENT_SEEDS],
+        # the teacher and the no-KD baselines learn from labels alone: one stage, so DVC runs the
+        # students beside the teacher instead of leaving a core idle behind it
+        "train": [TEACHER, *(student_dir("nokd", seed) for seed in STUDENT_SEEDS)],
         "tune": [
             f"{RESULTS}/tune/{method}/{name}"
             for method in config["tune"]["methods"]
