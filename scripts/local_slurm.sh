@@ -3,7 +3,7 @@
 # without a cluster; tests/test_slurm.py uses it. Needs root (apt, /etc/slurm, daemons).
 #
 #   bash scripts/local_slurm.sh start   # install if missing, write /etc/slurm/slurm.conf, start daemons
-#   bash scripts/local_slurm.sh stop    # stop every daemon it started, by pid
+#   bash scripts/local_slurm.sh stop    # stop every daemon it started, by pid; remove the config
 #
 # No accounting daemon: `sacct` does not work here, so the profile must poll with squeue
 # (site key status_command: squeue). Partition: $SEKD_SLURM_PARTITION (default "main").
@@ -128,6 +128,11 @@ case "${1:-}" in
         ;;
     stop)
         stop_daemons
+        # With a config but no controller, every scontrol waits ~9 s, and the SLURM executor
+        # plugin runs one each time Snakemake starts: remove the config this script wrote.
+        if [ -e "$CONF" ] && grep -qF "$MARK" "$CONF"; then
+            rm -f "$CONF"
+        fi
         echo "local_slurm: stopped"
         ;;
     *)

@@ -96,6 +96,8 @@ def slurm(tmp_path_factory) -> Path:
     yield state
     stopped = local_slurm("stop", state)
     assert stopped.returncode == 0, stopped.stderr
+    # a config left without a controller would cost every later Snakemake start ~9 s
+    assert not Path("/etc/slurm/slurm.conf").exists()
 
 
 def slurm_job_ids(repo: Path) -> set[str]:
