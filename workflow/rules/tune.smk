@@ -8,7 +8,9 @@ TUNE_WORKERS = list(range(config["tune"]["workers"]))
 
 def tune_priority(wildcards):
     """Workers outrank other ready jobs, and earlier studies outrank later ones, so a free core
-    goes to another worker of the same study: locally, its workers then run side by side."""
+    goes to another worker of the same study: locally, its workers then run side by side. The
+    study's (cheap) selection has the same rank: left at 0, it waited behind other methods'
+    students for 10 min while its own three students could not start."""
     return 10 + len(TUNE_METHODS) - TUNE_METHODS.index(wildcards.method)
 
 
@@ -64,6 +66,7 @@ rule tune_select:
         cfg=lambda wildcards: tune_sections(wildcards.method),
     log:
         "logs/tune/{method}/select.log",
+    priority: tune_priority
     conda:
         "../../envs/sekd.yaml"
     shell:
