@@ -89,6 +89,13 @@ def systems():
     return found
 
 
+# Local scheduling: Snakemake starts the ready job of highest priority first. Jobs that others wait
+# on go first (synthesis takes every core and feeds everything; the teacher is the longest job and
+# gates all KD; the no-KD students gate OKD/MetricGAN+ and adaptation; a tuning study gates its
+# method's students), evaluations (leaves, ~20 s each) last, so a run ends on many short jobs.
+PRIORITY = {"synth": 100, "teacher": 50, "nokd": 40, "tune": 10, "distill": 5}
+
+
 PHASES = ["corpus", "synth", "train", "tune", "distill", "evaluate", "adapt", "report"]
 PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 

@@ -1,8 +1,7 @@
 # Phase 1: corpus and noise (phase_corpus), then reverberant mixtures (phase_synth).
 
 # Every synthesis job takes all cores, so one left waiting behind a 1-core job (the teacher) would
-# idle a core for the whole of that job: synthesis goes first, before any training or tuning.
-SYNTH_PRIORITY = 100
+# idle a core for the whole of that job: synthesis goes first (PRIORITY in common.smk).
 
 
 rule corpus:
@@ -61,7 +60,7 @@ rule synth:
     benchmark:
         "logs/benchmarks/synth/{split}.tsv"
     threads: job_cores()
-    priority: SYNTH_PRIORITY
+    priority: PRIORITY["synth"]
     resources:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(120),
@@ -85,7 +84,7 @@ checkpoint synth_personal:
     benchmark:
         "logs/benchmarks/synth/personal.tsv"
     threads: job_cores()
-    priority: SYNTH_PRIORITY
+    priority: PRIORITY["synth"]
     resources:
         mem_mb=per_attempt(4000),
         runtime=per_attempt(60),

@@ -32,6 +32,7 @@ rule distill:
     benchmark:
         "logs/benchmarks/distill/{method}/{seed}.tsv"
     threads: 1
+    priority: PRIORITY["distill"]
     resources:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(720),

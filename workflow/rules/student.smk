@@ -16,6 +16,7 @@ rule train_student_nokd:
     benchmark:
         "logs/benchmarks/train_student_nokd/{seed}.tsv"
     threads: 1
+    priority: PRIORITY["nokd"]
     resources:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(360),

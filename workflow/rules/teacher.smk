@@ -1,10 +1,6 @@
 # Phase 2: the teacher. Checkpoints live outside the output folder (Snakemake and DVC delete outputs
 # before a rerun), keyed by a config hash inside, so a killed job resumes where it stopped.
 
-# The longest job, and every KD job waits for it: start it before the no-KD students (below synthesis,
-# which takes every core and feeds it).
-TEACHER_PRIORITY = 50
-
 
 rule train_teacher:
     input:
@@ -20,7 +16,7 @@ rule train_teacher:
     benchmark:
         "logs/benchmarks/train_teacher.tsv"
     threads: 1
-    priority: TEACHER_PRIORITY
+    priority: PRIORITY["teacher"]
     resources:
         mem_mb=per_attempt(8000),
         runtime=per_attempt(720),

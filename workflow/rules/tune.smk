@@ -11,7 +11,7 @@ def tune_priority(wildcards):
     goes to another worker of the same study: locally, its workers then run side by side. The
     study's (cheap) selection has the same rank: left at 0, it waited behind other methods'
     students for 10 min while its own three students could not start."""
-    return 10 + len(TUNE_METHODS) - TUNE_METHODS.index(wildcards.method)
+    return PRIORITY["tune"] + len(TUNE_METHODS) - TUNE_METHODS.index(wildcards.method)
 
 
 def tuned_values(wildcards):
