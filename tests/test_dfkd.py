@@ -56,6 +56,15 @@ def test_split_bin_on_hand_built_spectra():
     assert low.tolist() == [[1 + 2 + 4, 127]] and high.tolist() == [[255 - 3, 64 + 128]]
 
 
+def test_absolute_rise_splits_at_the_largest_step_not_the_largest_ratio():
+    # a quiet bin 0 (x10 to bin 1) below a strong harmonic (x5 from bin 2 to bin 3)
+    frame = torch.tensor([0.1, 1.0, 1.0, 5.0, 5.0, 4.0])[None, :, None]
+    assert split_bins(frame).tolist() == [[0]]  # relative: 9 at bin 0 beats 4 at bin 2
+    assert split_bins(frame, "absolute").tolist() == [[2]]  # absolute: 4.0 beats 0.9
+    with pytest.raises(SekdError, match=r"distill\.dfkd\.rise"):
+        split_bins(frame, "steepest")
+
+
 def test_split_from_both_uses_mean_of_teacher_and_student():
     teacher = step_spectrum([4]).to(torch.complex64)  # jump x10 after bin 3
     student = torch.where(torch.arange(16)[:, None] < 8, 1.0, 100.0)[None].to(torch.complex64)

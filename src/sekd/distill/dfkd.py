@@ -5,7 +5,8 @@ teacher's running-maximum magnitude rises most steeply; the low band is distille
 distance of complex spectra, the high band with ``beta`` cosine + ``1 - beta`` magnitude L2.
 This is the whole-band form of DISPATCH's ``dispatch_DFKD.py`` (one patch per band, no top-k
 selection). ``distill.dfkd``: ``weight`` (lambda), ``beta``, ``split_from`` (``teacher``, or
-``both``: our reading of the review), ``n_fft``, ``hop``. The maths lives in
+``both``: our reading of the review), ``rise`` (``relative``, DISPATCH; or ``absolute``: the
+review's "largest slope"), ``frame_weight``, ``n_fft``, ``hop``. The maths lives in
 :mod:`sekd.losses.distill`.
 """
 
@@ -19,7 +20,7 @@ from torch import nn
 from sekd.distill.base import Distiller
 from sekd.distill.output_kd import check_method_cfg
 from sekd.errors import SekdError
-from sekd.losses.distill import SPLIT_SOURCES, dfkd_loss
+from sekd.losses.distill import SPLIT_RISES, SPLIT_SOURCES, dfkd_loss
 
 
 class DFKD(Distiller):
@@ -27,7 +28,7 @@ class DFKD(Distiller):
 
     name: ClassVar[str] = "dfkd"
     KEYS: ClassVar[tuple[str, ...]] = ("weight", "beta", "split_from", "n_fft", "hop")
-    OPTIONAL: ClassVar[dict] = {"frame_weight": "uniform"}
+    OPTIONAL: ClassVar[dict] = {"frame_weight": "uniform", "rise": "relative"}
 
     def __init__(self, teacher: nn.Module, cfg: dict) -> None:
         cfg = {**self.OPTIONAL, **cfg}
@@ -40,6 +41,10 @@ class DFKD(Distiller):
             raise SekdError(
                 f"distill.dfkd.split_from: {self.split_from!r} is not one of "
                 f"{', '.join(SPLIT_SOURCES)}"
+            )
+        if self.cfg["rise"] not in SPLIT_RISES:
+            raise SekdError(
+                f"distill.dfkd.rise: {self.cfg['rise']!r} is not one of {', '.join(SPLIT_RISES)}"
             )
         if not 0.0 <= self.beta <= 1.0:
             raise SekdError(f"distill.dfkd.beta: {self.beta} is outside [0, 1]")
@@ -59,6 +64,7 @@ class DFKD(Distiller):
             self.beta,
             self.split_from,
             self.cfg["frame_weight"],
+            self.cfg["rise"],
         )
         kd = low + high
         total = task + self.weight * kd

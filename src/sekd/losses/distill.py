@@ -40,6 +40,7 @@ SISDR_CAP_DB = 30.0
 STFT_MAG_FFT, STFT_MAG_HOP = 512, 128
 FRAME_WEIGHTS = ("uniform", "energy")
 SPLIT_SOURCES = ("teacher", "both")
+SPLIT_RISES = ("relative", "absolute")
 
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -108,15 +109,22 @@ def get_distance(name: str) -> Distance:
 # ---------------------------------------------------------------- DFKD
 
 
-def split_bins(magnitude: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+def split_bins(magnitude: torch.Tensor, rise: str = "relative", eps: float = EPS) -> torch.Tensor:
     """Per-frame split bin ``[B, T]`` of a magnitude spectrogram ``[B, F, T]`` (Frequency Adapter).
 
-    ``A(f) = max_{f' <= f} |S(f')|``; the split is ``argmax_f (A(f+1) - A(f)) / (A(f) + eps)``,
-    the first bin on a tie (a flat frame splits at bin 0).
+    ``A(f) = max_{f' <= f} |S(f')|``; the split is ``argmax_f (A(f+1) - A(f)) / (A(f) + eps)``
+    (``rise="relative"``, DISPATCH), or ``argmax_f A(f+1) - A(f)`` (``"absolute"``: the review's
+    "largest slope"), the first bin on a tie (a flat frame splits at bin 0). On speech the
+    relative rise peaks at the first harmonic (bins 0-6 at n_fft 512), the absolute one at the
+    frame's strongest harmonic or formant.
     """
+    if rise not in SPLIT_RISES:
+        raise SekdError(f"distill.dfkd.rise: {rise!r} is not one of {', '.join(SPLIT_RISES)}")
     running_max = torch.cummax(magnitude, dim=1).values
-    rise = (running_max[:, 1:] - running_max[:, :-1]) / (running_max[:, :-1] + eps)
-    return rise.argmax(dim=1)
+    step = running_max[:, 1:] - running_max[:, :-1]
+    if rise == "relative":
+        step = step / (running_max[:, :-1] + eps)
+    return step.argmax(dim=1)
 
 
 def band_masks(split: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +162,7 @@ def dfkd_terms(
     beta: float,
     split_from: str = "teacher",
     frame_weight: str = "uniform",
+    rise: str = "relative",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L_low, L_high, split bins)`` from complex spectra ``[B, F, T]`` and a frame mask [B, T].
 
@@ -175,7 +184,7 @@ def dfkd_terms(
     s_re, s_im = student_spec.real, student_spec.imag
     teacher_mag, student_mag = teacher_spec.abs(), student_spec.abs()
     source = teacher_mag if split_from == "teacher" else (teacher_mag + student_mag.detach()) / 2
-    split = split_bins(source)
+    split = split_bins(source, rise)
     per_bin = torch.stack(
         [
             t_re * s_re + t_im * s_im,
@@ -205,19 +214,23 @@ def dfkd_loss(
     beta: float,
     split_from: str = "teacher",
     frame_weight: str = "uniform",
+    rise: str = "relative",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DFKD's ``(L_low, L_high)`` between waveforms ``[B, T]``, over each item's real frames."""
     student_spec = stft(zero_beyond(student, lengths), n_fft, hop)
     teacher_spec = stft(zero_beyond(teacher, lengths), n_fft, hop)
     batch, _, count = student_spec.shape
     frames = frame_mask(lengths, hop, count, batch, student_spec.device)
-    low, high, _ = dfkd_terms(student_spec, teacher_spec, frames, beta, split_from, frame_weight)
+    low, high, _ = dfkd_terms(
+        student_spec, teacher_spec, frames, beta, split_from, frame_weight, rise
+    )
     return low, high
 
 
 __all__ = [
     "DISTANCES",
     "SISDR_CAP_DB",
+    "SPLIT_RISES",
     "SPLIT_SOURCES",
     "band_masks",
     "band_sums",
