@@ -157,6 +157,26 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- the training job
 
 
+def read_checkpoint(path: Path, config_hash: str) -> dict | None:
+    """The training state in ``path`` if it exists, loads (weights only) and is this job's."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt file must not block a fresh start
+        log.warning("%s: unreadable checkpoint (%s); starting fresh", path, err)
+        return None
+    if state.get("config_hash") != config_hash:
+        log.info(
+            "%s: checkpoint is for config %s, this job is %s; ignoring it and starting fresh",
+            path,
+            state.get("config_hash"),
+            config_hash,
+        )
+        return None
+    return state
+
+
 class Trainer:
     """State and steps of one training job; :func:`train_model` is the entry point."""
 
@@ -255,20 +275,8 @@ class Trainer:
 
     def try_resume(self) -> bool:
         """Restore ``last.pt`` when it belongs to this job; return whether it did."""
-        if not self.checkpoint.is_file():
-            return False
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:  # a corrupt file must not block a fresh start
-            log.warning("%s: unreadable checkpoint (%s); starting fresh", self.checkpoint, err)
-            return False
-        if state.get("config_hash") != self.hash:
-            log.info(
-                "%s: checkpoint is for config %s, this job is %s; ignoring it and starting fresh",
-                self.checkpoint,
-                state.get("config_hash"),
-                self.hash,
-            )
+        state = read_checkpoint(self.checkpoint, self.hash)
+        if state is None:
             return False
         self.model.load_state_dict(state["model"])
         if isinstance(self.loss_fn, nn.Module) and "loss_fn" in state:

@@ -88,6 +88,7 @@ from sekd.train import (
     file_sha256,
     input_si_sdr,
     log_examples,
+    read_checkpoint,
     rng_state,
     set_rng_state,
 )
@@ -688,7 +689,7 @@ class OKDTrainer:
 
     def try_resume(self) -> bool:
         """Restore ``last.pt`` (and its history shards) when it belongs to this job."""
-        state = self._read_checkpoint()
+        state = read_checkpoint(self.checkpoint, self.hash)
         if state is None:
             self.history.clear()  # shards of another config or an unreadable run
             return False
@@ -709,24 +710,6 @@ class OKDTrainer:
         set_rng_state(state["rng"])
         log.info("%s: resumed after epoch %d (config %s)", self.checkpoint, self.epoch, self.hash)
         return True
-
-    def _read_checkpoint(self) -> dict | None:
-        if not self.checkpoint.is_file():
-            return None
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:  # a corrupt file must not block a fresh start
-            log.warning("%s: unreadable checkpoint (%s); starting fresh", self.checkpoint, err)
-            return None
-        if state.get("config_hash") != self.hash:
-            log.info(
-                "%s: checkpoint is for config %s, this job is %s; starting fresh",
-                self.checkpoint,
-                state.get("config_hash"),
-                self.hash,
-            )
-            return None
-        return state
 
     # ------------------------------------------------------------ epochs
 
