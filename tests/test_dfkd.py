@@ -7,19 +7,16 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import tiny_train
+from tiny import tiny_train, write_set
 
-from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.distill import DISTILLERS, build_distiller
 from sekd.distill.dfkd import DFKD
 from sekd.errors import SekdError
-from sekd.io import write_audio
 from sekd.losses.distill import band_sums, dfkd_loss, dfkd_terms, split_bins
 from sekd.losses.stft import stft
 from sekd.models import build_model
@@ -207,27 +204,6 @@ args = json.loads(sys.argv[1])
 loss_fn = build_distiller("dfkd", load_model(args.pop("teacher_dir")), args.pop("dfkd"))
 train_model(**args, loss_fn=loss_fn)
 """
-
-
-def write_set(root: Path, name: str, seconds: list[float], seed: int) -> Path:
-    """Harmonic 'speech' plus white noise, in sekd's manifest format."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index, duration in enumerate(seconds):
-        t = np.arange(int(duration * 16000)) / 16000
-        f0 = rng.uniform(100, 250)
-        clean = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
-        clean = 0.1 * clean / np.abs(clean).max()
-        uid = f"{name}{index:02d}"
-        write_audio(root / f"{uid}_noisy.wav", clean + 0.03 * rng.standard_normal(t.size))
-        write_audio(root / f"{uid}_target.wav", clean)
-        row = dict.fromkeys(MANIFEST_COLUMNS, "")
-        row.update(id=uid, split=name, speaker=f"s{index % 2}", noisy=f"{uid}_noisy.wav")
-        row.update(target=f"{uid}_target.wav", seconds=duration)
-        rows.append(row)
-    path = root / f"{name}.csv"
-    write_manifest(pd.DataFrame(rows), path)
-    return path
 
 
 def test_training_with_dfkd_checkpoints_without_teacher_and_resumes(tmp_path, caplog):

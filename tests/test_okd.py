@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import write_set
 
-from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.distill.okd import (
     CHECKPOINT,
     Entry,
@@ -31,7 +31,6 @@ from sekd.distill.okd import (
     train_okd,
 )
 from sekd.errors import SekdError
-from sekd.io import write_audio
 from sekd.metrics.pesq_metric import pesq_score
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters
@@ -201,26 +200,6 @@ def test_scoring_pool_of_two_workers_matches_in_process():
 
 
 # ---------------------------------------------------------------- the schedule end to end
-
-
-def write_set(root: Path, name: str, seconds: list[float], seed: int) -> Path:
-    """Amplitude-modulated harmonics ('speech') plus white noise, as an sekd manifest."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index, duration in enumerate(seconds):
-        t = np.arange(int(duration * 16000)) / 16000
-        f0 = rng.uniform(100, 250)
-        clean = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
-        clean = 0.1 * clean * (1 + np.sin(2 * np.pi * 3 * t)) / 4
-        uid = f"{name}{index:02d}"
-        write_audio(root / name / f"{uid}_noisy.wav", clean + 0.03 * rng.standard_normal(t.size))
-        write_audio(root / name / f"{uid}_target.wav", clean)
-        row = dict.fromkeys(MANIFEST_COLUMNS, "")
-        row.update(id=uid, split=name, speaker="s0", noisy=f"{uid}_noisy.wav")
-        row.update(target=f"{uid}_target.wav", seconds=duration)
-        rows.append(row)
-    write_manifest(pd.DataFrame(rows), root / name / "manifest.csv")
-    return root / name / "manifest.csv"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from test_train import MODEL, TRAIN, write_set
+from test_train import MODEL, TRAIN
+from tiny import write_set
 
 from sekd.errors import SekdError
 from sekd.tracking import NullTracker, Tracker, check_server, start_run, tracking_uri

@@ -13,42 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import TINY_MODEL, tiny_train
+from tiny import TINY_MODEL, tiny_train, write_set
 
 from sekd.data.datasets import MixtureDataset, NoisyDataset, collate
-from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.errors import SekdError
-from sekd.io import write_audio
 from sekd.models.store import load_model
 from sekd.train import CHECKPOINT, KILL_ENV, evaluate_si_sdr, task_loss, train_model
 
 MODEL = TINY_MODEL
 TRAIN = tiny_train(epochs=5)
 STEPS_PER_EPOCH = 3  # 10 training utterances in batches of 4
-
-
-def write_set(root: Path, name: str, seconds: list[float], seed: int, target: bool = True) -> Path:
-    """Harmonic 'speech' plus white noise; a manifest in sekd's format with relative paths."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index, duration in enumerate(seconds):
-        t = np.arange(int(duration * 16000)) / 16000
-        f0 = rng.uniform(100, 250)
-        clean = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
-        clean *= 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(2, 5) * t))
-        clean = 0.1 * clean / np.abs(clean).max()
-        noisy = clean + 0.03 * rng.standard_normal(t.size)
-        uid = f"{name}{index:02d}"
-        write_audio(root / name / f"{uid}_noisy.wav", noisy)
-        if target:
-            write_audio(root / name / f"{uid}_target.wav", clean)
-        row = dict.fromkeys(MANIFEST_COLUMNS, "")
-        row.update(id=uid, split=name, speaker=f"s{index % 2}", noisy=f"{uid}_noisy.wav")
-        row.update(target=f"{uid}_target.wav" if target else "", seconds=duration)
-        rows.append(row)
-    path = root / name / "manifest.csv"
-    write_manifest(pd.DataFrame(rows), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,11 @@ def tiny_train(**overrides) -> dict:
     return {**base, **overrides}
 
 
-def write_tiny_set(root, name: str, count: int, seconds: float, seed: int):
-    """A manifest of ``count`` tone-in-noise utterances (noisy and target WAVs) under ``root``."""
+def write_set(root, name: str, seconds: list[float], seed: int, target: bool = True):
+    """Amplitude-modulated harmonic 'speech' plus white noise: ``root/name/manifest.csv``.
+
+    One utterance per entry of ``seconds``; ``target=False`` writes a noisy-only set.
+    """
     import numpy as np
     import pandas as pd
 
@@ -30,17 +33,27 @@ def write_tiny_set(root, name: str, count: int, seconds: float, seed: int):
     from sekd.io import write_audio
 
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
     rows = []
-    for index in range(count):
-        clean = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 250) * t) * (1 + np.sin(7 * t))
+    for index, duration in enumerate(seconds):
+        t = np.arange(int(duration * 16000)) / 16000
+        f0 = rng.uniform(100, 250)
+        clean = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+        clean *= 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+        clean = 0.1 * clean / np.abs(clean).max()
+        noisy = clean + 0.03 * rng.standard_normal(t.size)
         uid = f"{name}{index:02d}"
-        write_audio(root / f"{uid}_noisy.wav", clean + 0.03 * rng.standard_normal(t.size))
-        write_audio(root / f"{uid}_target.wav", clean)
+        write_audio(root / name / f"{uid}_noisy.wav", noisy)
+        if target:
+            write_audio(root / name / f"{uid}_target.wav", clean)
         row = dict.fromkeys(MANIFEST_COLUMNS, "")
-        row.update(id=uid, split=name, speaker="s0", noisy=f"{uid}_noisy.wav")
-        row.update(target=f"{uid}_target.wav", seconds=seconds)
+        row.update(id=uid, split=name, speaker=f"s{index % 2}", noisy=f"{uid}_noisy.wav")
+        row.update(target=f"{uid}_target.wav" if target else "", seconds=duration)
         rows.append(row)
-    path = root / f"{name}.csv"
+    path = root / name / "manifest.csv"
     write_manifest(pd.DataFrame(rows), path)
     return path
+
+
+def write_tiny_set(root, name: str, count: int, seconds: float, seed: int):
+    """``count`` utterances of ``seconds`` each (see :func:`write_set`)."""
+    return write_set(root, name, [seconds] * count, seed)
