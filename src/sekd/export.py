@@ -110,12 +110,17 @@ class OnnxStreamingEnhancer(FrameStream):
         meta = self.enhancer.meta
         spec = np.fft.rfft(frames * self.window, axis=-1)
         features = spectral_features(spec, meta["feature"])
-        masks = np.empty_like(features)
-        for index, frame in enumerate(features):  # the step graph takes one frame: state carries
-            mask, self._state = self.enhancer.step(frame[None, None], self._state)
-            masks[index] = mask[0, 0]
+        if len(features) == 1:  # hop-by-hop streaming: no per-frame copies
+            masks, self._state = self.enhancer.step(features[None], self._state)
+            masks = masks[0]
+        else:
+            masks = np.empty_like(features)
+            for index, frame in enumerate(features):  # the step graph takes one frame
+                mask, self._state = self.enhancer.step(frame[None, None], self._state)
+                masks[index] = mask[0, 0]
         enhanced = apply_mask(spec, masks, features, meta["mask_kind"])
-        return np.fft.irfft(enhanced, n=self.n_fft, axis=-1).astype(np.float32) * self.window
+        out = np.fft.irfft(enhanced, n=self.n_fft, axis=-1).astype(np.float32, copy=False)
+        return out * self.window
 
 
 def read_meta(export_dir: Path) -> dict:
