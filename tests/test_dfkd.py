@@ -189,6 +189,11 @@ def test_config_and_registry_errors():
         build_distiller("dfkd", teacher, {**CFG, "gamma": 1})
     with pytest.raises(SekdError, match=r"distill\.dfkd\.split_from"):
         build_distiller("dfkd", teacher, {**CFG, "split_from": "student"})
+    # choices fail when the method is built, before any training step
+    with pytest.raises(SekdError, match=r"distill\.dfkd\.rise: 'steepest' is not one of"):
+        build_distiller("dfkd", teacher, {**CFG, "rise": "steepest"})
+    with pytest.raises(SekdError, match=r"distill\.dfkd\.frame_weight: 'loud' is not one of"):
+        build_distiller("dfkd", teacher, {**CFG, "frame_weight": "loud"})
 
 
 # ---------------------------------------------------------------- a real training run

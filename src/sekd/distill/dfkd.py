@@ -20,7 +20,7 @@ from torch import nn
 from sekd.distill.base import Distiller
 from sekd.distill.output_kd import check_method_cfg
 from sekd.errors import SekdError
-from sekd.losses.distill import SPLIT_RISES, SPLIT_SOURCES, dfkd_loss
+from sekd.losses.distill import DFKD_CHOICES, check_dfkd_choice, dfkd_loss
 
 
 class DFKD(Distiller):
@@ -36,16 +36,9 @@ class DFKD(Distiller):
         super().__init__(teacher, check_method_cfg(cfg, keys, "distill.dfkd"))
         self.weight, self.beta = float(self.cfg["weight"]), float(self.cfg["beta"])
         self.n_fft, self.hop = int(self.cfg["n_fft"]), int(self.cfg["hop"])
+        for key in DFKD_CHOICES:  # fail at construction, not at the first step
+            check_dfkd_choice(key, self.cfg[key])
         self.split_from = self.cfg["split_from"]
-        if self.split_from not in SPLIT_SOURCES:
-            raise SekdError(
-                f"distill.dfkd.split_from: {self.split_from!r} is not one of "
-                f"{', '.join(SPLIT_SOURCES)}"
-            )
-        if self.cfg["rise"] not in SPLIT_RISES:
-            raise SekdError(
-                f"distill.dfkd.rise: {self.cfg['rise']!r} is not one of {', '.join(SPLIT_RISES)}"
-            )
         if not 0.0 <= self.beta <= 1.0:
             raise SekdError(f"distill.dfkd.beta: {self.beta} is outside [0, 1]")
         if not 1 <= self.hop <= self.n_fft:

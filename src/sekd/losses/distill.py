@@ -41,6 +41,7 @@ STFT_MAG_FFT, STFT_MAG_HOP = 512, 128
 FRAME_WEIGHTS = ("uniform", "energy")
 SPLIT_SOURCES = ("teacher", "both")
 SPLIT_RISES = ("relative", "absolute")
+DFKD_CHOICES = {"frame_weight": FRAME_WEIGHTS, "split_from": SPLIT_SOURCES, "rise": SPLIT_RISES}
 
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -109,6 +110,14 @@ def get_distance(name: str) -> Distance:
 # ---------------------------------------------------------------- DFKD
 
 
+def check_dfkd_choice(key: str, value: str) -> str:
+    """``value`` if it is one of ``distill.dfkd.<key>``'s choices, else an error naming the key."""
+    choices = DFKD_CHOICES[key]
+    if value not in choices:
+        raise SekdError(f"distill.dfkd.{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def split_bins(magnitude: torch.Tensor, rise: str = "relative", eps: float = EPS) -> torch.Tensor:
     """Per-frame split bin ``[B, T]`` of a magnitude spectrogram ``[B, F, T]`` (Frequency Adapter).
 
@@ -118,8 +127,7 @@ def split_bins(magnitude: torch.Tensor, rise: str = "relative", eps: float = EPS
     relative rise peaks at the first harmonic (bins 0-6 at n_fft 512), the absolute one at the
     frame's strongest harmonic or formant.
     """
-    if rise not in SPLIT_RISES:
-        raise SekdError(f"distill.dfkd.rise: {rise!r} is not one of {', '.join(SPLIT_RISES)}")
+    check_dfkd_choice("rise", rise)
     running_max = torch.cummax(magnitude, dim=1).values
     step = running_max[:, 1:] - running_max[:, :-1]
     if rise == "relative":
@@ -172,14 +180,8 @@ def dfkd_terms(
     (relative to the item's mean) instead of uniformly, so near-silent frames, whose cosines
     compare residual noise, stop counting as much as speech frames [ours].
     """
-    if frame_weight not in FRAME_WEIGHTS:
-        raise SekdError(
-            f"distill.dfkd.frame_weight: {frame_weight!r} is not one of {', '.join(FRAME_WEIGHTS)}"
-        )
-    if split_from not in SPLIT_SOURCES:
-        raise SekdError(
-            f"distill.dfkd.split_from: {split_from!r} is not one of {', '.join(SPLIT_SOURCES)}"
-        )
+    check_dfkd_choice("frame_weight", frame_weight)
+    check_dfkd_choice("split_from", split_from)
     t_re, t_im = teacher_spec.real, teacher_spec.imag
     s_re, s_im = student_spec.real, student_spec.imag
     teacher_mag, student_mag = teacher_spec.abs(), student_spec.abs()
@@ -230,10 +232,10 @@ def dfkd_loss(
 __all__ = [
     "DISTANCES",
     "SISDR_CAP_DB",
-    "SPLIT_RISES",
-    "SPLIT_SOURCES",
+    "DFKD_CHOICES",
     "band_masks",
     "band_sums",
+    "check_dfkd_choice",
     "cosine_distance",
     "dfkd_loss",
     "dfkd_terms",
