@@ -179,6 +179,25 @@ def test_gradients_reach_the_student_only_and_components():
     assert list(distiller.state_dict()) == []  # nothing of the teacher is checkpointed
 
 
+def test_low_weight_zero_is_the_high_band_ablation():
+    """``low_weight: 0`` drops L_low from the loss but still reports it."""
+    teacher, student = tiny_model(0, hidden=16), tiny_model(1)
+    torch.manual_seed(4)
+    noisy = 0.1 * torch.randn(2, 4000)
+    batch = {"noisy": noisy, "target": 0.5 * noisy, "lengths": torch.tensor([4000, 3000])}
+    full = build_distiller("dfkd", teacher, {**CFG, "weight": 2.0})
+    ablated = build_distiller("dfkd", teacher, {**CFG, "weight": 2.0, "low_weight": 0.0})
+    _, parts = full(student, batch)
+    _, ablated_parts = ablated(student, batch)
+    assert float(parts["kd_low"]) > 0
+    assert float(ablated_parts["kd_low"]) == pytest.approx(float(parts["kd_low"]))
+    assert float(ablated_parts["kd"]) == pytest.approx(float(parts["kd_high"]))
+    expected = parts["task"] + 2.0 * parts["kd_high"]
+    assert float(ablated_parts["total"]) == pytest.approx(float(expected))
+    with pytest.raises(SekdError, match=r"distill\.dfkd\.low_weight: -1\.0 must be >= 0"):
+        build_distiller("dfkd", teacher, {**CFG, "low_weight": -1})
+
+
 def test_config_and_registry_errors():
     teacher = tiny_model(0)
     with pytest.raises(SekdError, match=r"distill\.methods: 'nope'.*dfkd, .*output_kd"):

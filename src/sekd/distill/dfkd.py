@@ -6,8 +6,8 @@ distance of complex spectra, the high band with ``beta`` cosine + ``1 - beta`` m
 This is the whole-band form of DISPATCH's ``dispatch_DFKD.py`` (one patch per band, no top-k
 selection). ``distill.dfkd``: ``weight`` (lambda), ``beta``, ``split_from`` (``teacher``, or
 ``both``: our reading of the review), ``rise`` (``relative``, DISPATCH; or ``absolute``: the
-review's "largest slope"), ``frame_weight``, ``n_fft``, ``hop``. The maths lives in
-:mod:`sekd.losses.distill`.
+review's "largest slope"), ``frame_weight``, ``low_weight`` (1: DFKD; 0: the high-band-only
+ablation in the README), ``n_fft``, ``hop``. The maths lives in :mod:`sekd.losses.distill`.
 """
 
 from __future__ import annotations
@@ -24,23 +24,26 @@ from sekd.losses.distill import DFKD_CHOICES, check_dfkd_choice, dfkd_loss
 
 
 class DFKD(Distiller):
-    """``task + weight * (L_low + L_high)`` between student and frozen-teacher spectra."""
+    """``task + weight * (low_weight * L_low + L_high)`` between student and teacher spectra."""
 
     name: ClassVar[str] = "dfkd"
     KEYS: ClassVar[tuple[str, ...]] = ("weight", "beta", "split_from", "n_fft", "hop")
-    OPTIONAL: ClassVar[dict] = {"frame_weight": "uniform", "rise": "relative"}
+    OPTIONAL: ClassVar[dict] = {"frame_weight": "uniform", "rise": "relative", "low_weight": 1.0}
 
     def __init__(self, teacher: nn.Module, cfg: dict) -> None:
         cfg = {**self.OPTIONAL, **cfg}
         keys = (*self.KEYS, *self.OPTIONAL)
         super().__init__(teacher, check_method_cfg(cfg, keys, "distill.dfkd"))
         self.weight, self.beta = float(self.cfg["weight"]), float(self.cfg["beta"])
+        self.low_weight = float(self.cfg["low_weight"])
         self.n_fft, self.hop = int(self.cfg["n_fft"]), int(self.cfg["hop"])
         for key in DFKD_CHOICES:  # fail at construction, not at the first step
             check_dfkd_choice(key, self.cfg[key])
         self.split_from = self.cfg["split_from"]
         if not 0.0 <= self.beta <= 1.0:
             raise SekdError(f"distill.dfkd.beta: {self.beta} is outside [0, 1]")
+        if self.low_weight < 0:
+            raise SekdError(f"distill.dfkd.low_weight: {self.low_weight} must be >= 0")
         if not 1 <= self.hop <= self.n_fft:
             raise SekdError(f"distill.dfkd.hop: {self.hop} must be between 1 and n_fft")
 
@@ -59,7 +62,7 @@ class DFKD(Distiller):
             self.cfg["frame_weight"],
             self.cfg["rise"],
         )
-        kd = low + high
+        kd = self.low_weight * low + high
         total = task + self.weight * kd
         components = {"task": task, "kd_low": low, "kd_high": high, "kd": kd, "total": total}
         return total, {key: value.detach() for key, value in components.items()}
