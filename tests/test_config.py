@@ -46,6 +46,120 @@ def test_invalid_params_name_the_key(params: dict, mutate, key: str, why: str) -
     assert "\n" not in str(err.value)
 
 
+def _space(method: str, **entry) -> object:
+    return lambda c: c["tune"][method].update(space=[entry])
+
+
+# Constraints the trainers once re-checked by hand (train, adapt, okd, metricgan) and the tuning
+# space's cross-check: the schema and sekd.config reject each, naming the key.
+@pytest.mark.parametrize(
+    ("mutate", "key", "why"),
+    [
+        (
+            lambda c: c["teacher"]["train"].update(scheduler="step"),
+            "teacher.train.scheduler",
+            "'step'",
+        ),
+        (
+            lambda c: c["student"]["train"].update(momentum=0.9),
+            "student.train.momentum",
+            "unexpected",
+        ),
+        (lambda c: c["student"]["train"].pop("patience"), "student.train.patience", "required"),
+        (lambda c: c["adapt"].update(loss="l1"), "adapt.loss", "'l1' is not one of"),
+        (lambda c: c["adapt"].update(valid_utterances=0), "adapt.valid_utterances", "minimum of 1"),
+        (lambda c: c["adapt"].update(dnsmos_drop=-0.1), "adapt.dnsmos_drop", "minimum of 0"),
+        (lambda c: c["adapt"].update(guard_patience=0), "adapt.guard_patience", "minimum of 1"),
+        (lambda c: c["adapt"].update(seed=0), "adapt.seed", "unexpected"),
+        (lambda c: c["adapt"].pop("loss"), "adapt.loss", "required"),
+        (lambda c: c["adapt"]["train"].update(scheduler="x"), "adapt.train.scheduler", "'x'"),
+        (lambda c: c["distill"]["okd"].update(beta=1), "distill.okd.beta", "unexpected"),
+        (lambda c: c["distill"]["okd"].pop("lr"), "distill.okd.lr", "required"),
+        (lambda c: c["distill"]["okd"].update(init="warm"), "distill.okd.init", "'warm'"),
+        (
+            lambda c: c["distill"]["okd"].update(metrics=["pesq", "pesq"]),
+            "distill.okd.metrics",
+            "non-unique",
+        ),
+        (
+            lambda c: c["distill"]["okd"].update(metrics=["pesq_wb", "csig"]),
+            "distill.okd.metrics.0",
+            "'pesq_wb'",
+        ),
+        (
+            lambda c: c["distill"]["okd"].update(metrics=["pesq"]),
+            "distill.okd.metrics",
+            "too short",
+        ),
+        (
+            lambda c: c["distill"]["metricgan"].update(metric="pesq_wb"),
+            "distill.metricgan.metric",
+            "'pesq_wb'",
+        ),
+        (
+            lambda c: c["distill"]["metricgan"].update(alpha=1),
+            "distill.metricgan.alpha",
+            "unexpected",
+        ),
+        (lambda c: c["distill"]["metricgan"].pop("metric"), "distill.metricgan.metric", "required"),
+        (
+            lambda c: c["distill"]["metricgan"].update(init="warm"),
+            "distill.metricgan.init",
+            "'warm'",
+        ),
+        (
+            _space("dfkd", name="beta", type="float", low=0.0, high=1.5),
+            "tune.dfkd.space.0",
+            "beta = 1.5: 'distill.dfkd.beta': 1.5 is greater than the maximum of 1",
+        ),
+        (
+            _space("dfkd", name="hop", type="int", low=64, high=1024),
+            "tune.dfkd.space.0",
+            "'distill.dfkd.hop': 1024 is greater than n_fft (512)",
+        ),
+        (
+            _space("dfkd", name="rise", type="categorical", choices=["absolute", "steep"]),
+            "tune.dfkd.space.0",
+            "rise = 'steep': 'distill.dfkd.rise': 'steep' is not one of",
+        ),
+        (
+            _space("output_kd", name="student.model.conf.hidden", type="int", low=0, high=8),
+            "tune.output_kd.space.0",
+            "'student.model.conf.hidden': 0 is less than the minimum of 1",
+        ),
+        (
+            _space("output_kd", name="lambda", type="float", low=0.1, high=1.0),
+            "tune.output_kd.space.0",
+            "'lambda' names no config key",
+        ),
+        (
+            _space("output_kd", name="student.model.conf.hiden", type="int", low=1, high=8),
+            "tune.output_kd.space.0",
+            "'student.model.conf.hiden' names no config key",
+        ),
+        (_space("dfkd", name="beta", type="float", low=0.0), "tune.dfkd.space.0.high", "required"),
+        (_space("dfkd", name="rise", type="categorical"), "tune.dfkd.space.0.choices", "required"),
+    ],
+)
+def test_constraints_once_checked_in_code_name_the_key(params: dict, mutate, key, why) -> None:
+    bad = copy.deepcopy(params)
+    mutate(bad)
+    with pytest.raises(SekdError, match=rf"invalid key '{key}'") as err:
+        validate_params(bad)
+    assert why in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_valid_tuning_space_passes(params: dict) -> None:
+    cfg = copy.deepcopy(params)
+    cfg["tune"]["dfkd"]["space"] += [
+        {"name": "rise", "type": "categorical", "choices": ["relative", "absolute"]},
+        {"name": "hop", "type": "int", "low": 64, "high": 512},
+        {"name": "student.model.conf.hidden", "type": "int", "low": 8, "high": 64},
+    ]
+    assert validate_params(cfg) is cfg
+
+
 def test_paper_overlay_is_valid_and_changes_scale(params: dict) -> None:
     paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
     assert paper["teacher"]["model"]["conf"]["hidden"] == 1024

@@ -11,8 +11,8 @@ import torch
 from tiny import TINY_MODEL
 
 from sekd.distill import build_distiller
-from sekd.distill.okd import discriminator_loss, generator_loss
 from sekd.losses.distill import dfkd_terms, split_bins
+from sekd.losses.metricgan import discriminator_loss, generator_loss
 from sekd.models import build_model
 from sekd.models.metricgan import MetricDiscriminator, discriminator_input
 

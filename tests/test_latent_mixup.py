@@ -16,17 +16,19 @@ import pytest
 import torch
 from tiny import TINY_MODEL, tiny_train, write_tiny_set
 
+from sekd.config import schema, validate_sections
 from sekd.distill.latent_mixup import LatentMixupKD, frame_mask, masked_mse, mix
+from sekd.engine import CHECKPOINT, KILL_ENV, train_model
 from sekd.errors import SekdError
 from sekd.losses.sisdr import neg_si_sdr
 from sekd.models import build_model
 from sekd.models.store import save_model
-from sekd.train import CHECKPOINT, KILL_ENV, train_model
 
 GRU = {"layers": 1, "n_fft": 128, "hop": 64}
 TASNET = {"N": 16, "L": 8, "H": 16, "P": 3, "X": 2, "R": 1}
 CFG = {"variant": "teacher_student", "alpha": 0.4, "beta1": 1.0, "beta2": 1.0, "gamma": 1.0}
-VARIANTS = ("teacher_student", "manifold", "feature_mse")
+SECTION = schema()["properties"]["distill"]["properties"]["latent_mixup"]
+VARIANTS = tuple(SECTION["properties"]["variant"]["enum"])  # every variant the schema accepts
 
 
 def gru(hidden: int, **conf) -> torch.nn.Module:
@@ -194,7 +196,7 @@ def test_padding_frames_are_masked_out():
     assert float(masked_mse(estimate, target, mask)) == pytest.approx(float(diff), rel=1e-6)
 
 
-def test_framing_and_config_errors_name_the_culprit():
+def test_framing_errors_name_the_culprit():
     teacher = gru(16)
     other = gru(8, n_fft=256)
     conf = r"teacher\.model\.conf .* student\.model\.conf"
@@ -207,14 +209,27 @@ def test_framing_and_config_errors_name_the_culprit():
         LatentMixupKD(teacher, CFG, student=tasnet)
     with pytest.raises(SekdError, match="student.model.name: Linear has no 'encode'"):
         LatentMixupKD(teacher, CFG, student=torch.nn.Linear(2, 2))
-    for bad, match in [
-        ({"variant": "cutmix"}, "distill.latent_mixup.variant"),
-        ({"alpha": 0}, "distill.latent_mixup.alpha"),
-        ({"beta2": -1}, "distill.latent_mixup.beta2"),
-        ({"gama": 1}, "distill.latent_mixup.gama: unknown"),
-    ]:
-        with pytest.raises(SekdError, match=match):
-            LatentMixupKD(teacher, {**CFG, **bad})
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "why"),
+    [
+        ({"variant": None}, "variant", "'variant' is a required property"),
+        ({"gama": 1}, "gama", "'gama' was unexpected"),
+        ({"variant": "cutmix"}, "variant", "'cutmix' is not one of"),
+        ({"consistency": "l1"}, "consistency", "'l1' is not one of"),
+        ({"alpha": 0}, "alpha", "less than or equal to the minimum of 0"),
+        ({"beta1": -1}, "beta1", "less than the minimum of 0"),
+        ({"beta2": -1}, "beta2", "less than the minimum of 0"),
+        ({"gamma": -1}, "gamma", "less than the minimum of 0"),
+    ],
+)
+def test_schema_rejects_bad_latent_mixup_config_naming_the_key(change, key, why):
+    cfg = {k: v for k, v in {**CFG, **change}.items() if v is not None}
+    assert validate_sections({"distill": {"latent_mixup": {**CFG, "consistency": "mse"}}})
+    with pytest.raises(SekdError, match=rf"invalid key 'distill\.latent_mixup\.{key}'") as err:
+        validate_sections({"distill": {"latent_mixup": cfg}})
+    assert why in str(err.value) and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------- a real training run
@@ -228,7 +243,7 @@ RUN_SCRIPT = """
 import json, sys
 from sekd.distill.latent_mixup import LatentMixupKD
 from sekd.models.store import load_model
-from sekd.train import train_model
+from sekd.engine import train_model
 args = json.loads(sys.argv[1])
 loss_fn = LatentMixupKD(load_model(args.pop("teacher_dir")), args.pop("cfg"))
 train_model(**args, loss_fn=loss_fn)
@@ -270,7 +285,7 @@ def test_train_model_with_latent_mixup_resumes_with_the_adapter_restored(tmp_pat
     assert killed["epoch"] == 1
 
     fresh = LatentMixupKD(teacher, CFG)  # adapter not even built yet: the checkpoint fills it
-    with caplog.at_level(logging.INFO, logger="sekd.train"):
+    with caplog.at_level(logging.INFO, logger="sekd.engine"):
         resumed = train_model(
             **common, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", loss_fn=fresh
         )

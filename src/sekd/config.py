@@ -1,8 +1,11 @@
 """Load, overlay, validate and hash the one config tree (``params.yaml``).
 
-The JSON schema (``schemas/params.schema.yaml``, also at ``workflow/schemas/``) rejects unknown keys and
-wrong types. Two checks JSON Schema cannot express are done here: ``[low, high]`` pairs marked
-``x-range: true`` must be ordered, and the speaker split must fit the corpus.
+The JSON schema (``schemas/params.schema.yaml``, also at ``workflow/schemas/``) holds every key,
+type, range and choice list; code reads the validated config and checks none of it again. What JSON
+Schema cannot express is checked here, and only here: ``[low, high]`` pairs marked ``x-range: true``
+must be ordered, a number marked ``x-at-most: <key>`` must not exceed its sibling ``<key>``, the
+speaker split must fit the corpus, and every bound and choice of a ``tune.<method>.space`` must be a
+value the key it names accepts (a trial's config is the validated one with those values in).
 """
 
 from __future__ import annotations
@@ -78,8 +81,46 @@ def _check_ranges(
             sub = sch.get("properties", {}).get(key)
             if sub is None and isinstance(sch.get("additionalProperties"), dict):
                 sub = sch["additionalProperties"]
-            if sub is not None:
-                _check_ranges(value, sub, root, f"{path}.{key}" if path else key, errors)
+            if sub is None:
+                continue
+            where = f"{path}.{key}" if path else key
+            other = sub.get("x-at-most")
+            if other in cfg and value > cfg[other]:
+                errors.append((where, f"{value} is greater than {other} ({cfg[other]})"))
+            _check_ranges(value, sub, root, where, errors)
+
+
+def _check_space(cfg: dict, root: dict, errors: list[tuple[str, str]]) -> None:
+    """Each ``tune.<method>.space`` entry names a config key (a plain name is a key of
+    ``distill.<method>``, a dotted one a path from the root) that accepts its bounds or choices."""
+    validators: dict[str, jsonschema.Validator] = {}
+    for method, section in cfg["tune"].items():
+        if not isinstance(section, dict) or "space" not in section:
+            continue
+        for index, entry in enumerate(section["space"]):
+            where, name = f"tune.{method}.space.{index}", entry["name"]
+            top, *keys = name.split(".") if "." in name else ["distill", method, name]
+            categorical = entry["type"] == "categorical"
+            for value in entry["choices"] if categorical else (entry["low"], entry["high"]):
+                trial = copy.deepcopy(cfg.get(top))
+                node = trial
+                for key in keys[:-1]:
+                    node = node.get(key) if isinstance(node, dict) else None
+                if not keys or not isinstance(node, dict) or keys[-1] not in node:
+                    errors.append((where, f"{name!r} names no config key"))
+                    break
+                node[keys[-1]] = value
+                sub = root["properties"][top]
+                if top not in validators:
+                    validators[top] = jsonschema.Draft202012Validator(
+                        {**sub, "$defs": root["$defs"]}
+                    )
+                error = next(iter(validators[top].iter_errors(trial)), None)
+                found = [(f"{top}.{_key_of(error)}", error.message)] if error is not None else []
+                _check_ranges(trial, sub, root, top, found)
+                if found:
+                    errors.append((where, f"{name} = {value!r}: '{found[0][0]}': {found[0][1]}"))
+                    break
 
 
 def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
@@ -92,6 +133,7 @@ def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
         raise SekdError(f"{source}: invalid key '{_key_of(first)}': {first.message}")
     problems: list[tuple[str, str]] = []
     _check_ranges(cfg, sch, sch, "", problems)
+    _check_space(cfg, sch, problems)
     split = cfg["split"]
     needed = sum(split[k] for k in ("train", "valid", "test", "babble"))
     if cfg["corpus"]["source"] == "demo" and needed > cfg["corpus"]["demo"]["speakers"]:

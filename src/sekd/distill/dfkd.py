@@ -7,7 +7,8 @@ This is the whole-band form of DISPATCH's ``dispatch_DFKD.py`` (one patch per ba
 selection). ``distill.dfkd``: ``weight`` (lambda), ``beta``, ``split_from`` (``teacher``, or
 ``both``: our reading of the review), ``rise`` (``relative``, DISPATCH; or ``absolute``: the
 review's "largest slope"), ``frame_weight``, ``low_weight`` (1: DFKD; 0: the high-band-only
-ablation in the README), ``n_fft``, ``hop``. The maths lives in :mod:`sekd.losses.distill`.
+ablation in the README), ``n_fft``, ``hop``; the schema (:mod:`sekd.config`) validates them. The
+maths lives in :mod:`sekd.losses.distill`.
 """
 
 from __future__ import annotations
@@ -18,34 +19,21 @@ import torch
 from torch import nn
 
 from sekd.distill.base import Distiller
-from sekd.distill.output_kd import check_method_cfg
-from sekd.errors import SekdError
-from sekd.losses.distill import DFKD_CHOICES, check_dfkd_choice, dfkd_loss
+from sekd.losses.distill import dfkd_loss
 
 
 class DFKD(Distiller):
     """``task + weight * (low_weight * L_low + L_high)`` between student and teacher spectra."""
 
     name: ClassVar[str] = "dfkd"
-    KEYS: ClassVar[tuple[str, ...]] = ("weight", "beta", "split_from", "n_fft", "hop")
-    OPTIONAL: ClassVar[dict] = {"frame_weight": "uniform", "rise": "relative", "low_weight": 1.0}
+    DEFAULTS: ClassVar[dict] = {"frame_weight": "uniform", "rise": "relative", "low_weight": 1.0}
 
     def __init__(self, teacher: nn.Module, cfg: dict) -> None:
-        cfg = {**self.OPTIONAL, **cfg}
-        keys = (*self.KEYS, *self.OPTIONAL)
-        super().__init__(teacher, check_method_cfg(cfg, keys, "distill.dfkd"))
+        super().__init__(teacher, {**self.DEFAULTS, **cfg})
         self.weight, self.beta = float(self.cfg["weight"]), float(self.cfg["beta"])
         self.low_weight = float(self.cfg["low_weight"])
         self.n_fft, self.hop = int(self.cfg["n_fft"]), int(self.cfg["hop"])
-        for key in DFKD_CHOICES:  # fail at construction, not at the first step
-            check_dfkd_choice(key, self.cfg[key])
         self.split_from = self.cfg["split_from"]
-        if not 0.0 <= self.beta <= 1.0:
-            raise SekdError(f"distill.dfkd.beta: {self.beta} is outside [0, 1]")
-        if self.low_weight < 0:
-            raise SekdError(f"distill.dfkd.low_weight: {self.low_weight} must be >= 0")
-        if not 1 <= self.hop <= self.n_fft:
-            raise SekdError(f"distill.dfkd.hop: {self.hop} must be between 1 and n_fft")
 
     def forward(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         estimate = student(batch["noisy"])

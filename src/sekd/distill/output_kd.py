@@ -2,7 +2,8 @@
 
 The main baseline for the feature- and band-level methods (methods.md §5): the student learns the
 clean target through the task loss and the teacher's estimate through ``distance``
-(``distill.output_kd``: ``weight`` = lambda, ``distance`` in ``sisdr | stft_mag | mrstft``).
+(``distill.output_kd``: ``weight`` = lambda, ``distance`` in ``sisdr | stft_mag | mrstft``). The
+config is validated by the schema (:mod:`sekd.config`) before it gets here.
 """
 
 from __future__ import annotations
@@ -13,29 +14,16 @@ import torch
 from torch import nn
 
 from sekd.distill.base import Distiller
-from sekd.errors import SekdError
 from sekd.losses.distill import get_distance
-
-
-def check_method_cfg(cfg: dict, keys: tuple[str, ...], section: str) -> dict:
-    """The method's config with exactly ``keys``; a missing or unknown key names ``section.key``."""
-    unknown = sorted(set(cfg) - set(keys))
-    if unknown:
-        raise SekdError(f"{section}.{unknown[0]}: unknown key; known: {', '.join(keys)}")
-    missing = [key for key in keys if key not in cfg]
-    if missing:
-        raise SekdError(f"{section}.{missing[0]}: required but missing")
-    return dict(cfg)
 
 
 class OutputKD(Distiller):
     """``task + weight * distance(student(noisy), teacher(noisy))``."""
 
     name: ClassVar[str] = "output_kd"
-    KEYS: ClassVar[tuple[str, ...]] = ("weight", "distance")
 
     def __init__(self, teacher: nn.Module, cfg: dict) -> None:
-        super().__init__(teacher, check_method_cfg(cfg, self.KEYS, "distill.output_kd"))
+        super().__init__(teacher, cfg)
         self.weight = float(self.cfg["weight"])
         self.distance = get_distance(self.cfg["distance"])
 
@@ -48,4 +36,4 @@ class OutputKD(Distiller):
         return total, {"task": task.detach(), "kd": kd.detach(), "total": total.detach()}
 
 
-__all__ = ["OutputKD", "check_method_cfg"]
+__all__ = ["OutputKD"]
