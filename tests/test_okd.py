@@ -16,27 +16,24 @@ import pytest
 import torch
 from tiny import write_set
 
-from sekd.distill.okd import (
-    CHECKPOINT,
-    Entry,
-    ScoringPool,
-    d_inputs,
-    generator_loss,
+from sekd.distill.okd import okd_config, train_okd
+from sekd.distill.okd_history import Entry, d_inputs
+from sekd.engine import CHECKPOINT, KILL_ENV
+from sekd.errors import SekdError
+from sekd.losses.metricgan import generator_loss
+from sekd.metrics.pesq_metric import pesq_score
+from sekd.metrics.targets import (
     normalize_composite,
     normalize_pesq,
     normalize_score,
-    okd_config,
     raw_scores,
     score_job,
-    train_okd,
 )
-from sekd.errors import SekdError
-from sekd.metrics.pesq_metric import pesq_score
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters
 from sekd.models.metricgan import MetricDiscriminator, MetricGANGRU, discriminator_input
 from sekd.models.store import load_model, save_model
-from sekd.train import KILL_ENV
+from sekd.parallel import WorkerPool
 
 STUDENT = {"name": "gru_mask", "conf": {"hidden": 8, "layers": 1, "n_fft": 32, "hop": 16}}
 OKD = {
@@ -132,12 +129,6 @@ def test_okd_and_metricgan_configs():
     baseline = okd_config({**single, "metric": "pesq"})
     assert baseline["metrics"] == ["pesq"] and baseline["alpha"] == 0.0
     assert baseline["valid_utterances"] is None
-    with pytest.raises(SekdError, match="'beta': unknown"):
-        okd_config({**OKD, "beta": 1})
-    with pytest.raises(SekdError, match="'lr': required"):
-        okd_config({k: v for k, v in OKD.items() if k != "lr"})
-    with pytest.raises(SekdError, match="metrics"):
-        okd_config({**OKD, "metrics": ["pesq", "pesq"]})
 
 
 def test_dml_term_sums_over_detached_peers():
@@ -163,7 +154,7 @@ def test_discriminator_targets_clean_inputs_at_one():
     noisy, clean = np.zeros(10, np.float32), np.full(10, 2.0, np.float32)
     (enh, t_enh), (noi, t_noisy), (cln, t_clean) = d_inputs(entry, noisy, clean)
     assert enh is entry.audio and noi is noisy and cln is clean
-    assert torch.equal(t_enh, entry.enhanced) and torch.equal(t_noisy, entry.noisy)
+    assert torch.equal(t_enh, entry.audio_scores) and torch.equal(t_noisy, entry.noisy_scores)
     assert torch.equal(t_clean, torch.ones(2))
 
 
@@ -189,10 +180,10 @@ def test_scores_are_normalised_raw_metrics():
 
 def test_scoring_pool_of_two_workers_matches_in_process():
     jobs = _pairs(6)
-    with ScoringPool(1) as local:
+    with WorkerPool(1) as local:
         expected = local.map(score_job, jobs)
         assert local.pids() == []
-    with ScoringPool(2) as pool:
+    with WorkerPool(2) as pool:
         got = pool.map(score_job, jobs)
         pids = pool.pids()
     assert len(pids) == 2 and os.getpid() not in pids
@@ -232,7 +223,7 @@ def test_schedule_runs_end_to_end_and_resumes_after_a_kill(tiny_data, tmp_path, 
     assert state["epoch"] == 1 and state["history"] == [1]
     assert not (tmp_path / "out").exists()
 
-    with caplog.at_level(logging.INFO, logger="sekd.distill.okd"):
+    with caplog.at_level(logging.INFO, logger="sekd"):
         metrics = train_okd(**killed)
     assert "resumed after epoch 1" in caplog.text
     history = pd.read_csv(tmp_path / "out" / "history.csv")

@@ -16,9 +16,9 @@ import pytest
 from test_train import MODEL, TRAIN
 from tiny import write_set
 
+from sekd.engine import CHECKPOINT, train_model
 from sekd.errors import SekdError
 from sekd.tracking import NullTracker, Tracker, check_server, start_run, tracking_uri
-from sekd.train import CHECKPOINT, train_model
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Training throughput of the teacher and the student, and the share of a step spent on data.
 
-Runs ``sekd.train.Trainer`` (its datasets, collate, optimiser, AMP and clipping) on a temporary
+Runs ``sekd.engine.Trainer`` (its datasets, collate, optimiser, AMP and clipping) on a temporary
 manifest of synthetic mixtures of the demo's length, with the train settings of params.yaml. The
 epoch loop is ``Trainer.train_epoch``'s, instrumented: the time blocked in the DataLoader iterator
 (cropping, collating) against the whole step. CPU on one thread, as the workflow trains; on a GPU
@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from sekd.data.datasets import collate
-from sekd.train import Trainer
+from sekd.engine import Trainer
 
 from .common import Options, Result, Table, params
 

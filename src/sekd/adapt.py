@@ -31,34 +31,16 @@ from torch import nn
 from sekd.data.datasets import AudioSet, NoisyDataset
 from sekd.data.manifest import read_manifest
 from sekd.distill.base import Distiller
-from sekd.distill.output_kd import check_method_cfg
+from sekd.engine import SavedModel, Trainer, enhance, file_sha256, log_run_tail, write_model_dir
 from sekd.errors import SekdError
-from sekd.io import SAMPLE_RATE, atomic_dir, write_json
+from sekd.io import SAMPLE_RATE
 from sekd.losses.sisdr import neg_si_sdr_improvement, si_sdr
-from sekd.models.store import WEIGHTS, read_spec, save_model
+from sekd.models.store import WEIGHTS, read_spec
 from sekd.tracking import NullTracker
-from sekd.train import Trainer, enhance, file_sha256
 
 log = logging.getLogger(__name__)
 
-KEY = "adapt"
-LOSSES = ("sisdri", "mse")
-KEYS = ("student", "loss", "valid_utterances", "dnsmos_drop", "guard_patience", "train")
 GUARD_SECONDS = 9.01  # one DNSMOS window: the guard scores the first 9.01 s of the held-out outputs
-
-
-def check_adapt_cfg(cfg: dict) -> dict:
-    """The ``adapt`` section with every key present and in range; errors name the key."""
-    cfg = check_method_cfg(cfg, KEYS, KEY)
-    if cfg["loss"] not in LOSSES:
-        raise SekdError(f"{KEY}.loss: {cfg['loss']!r} is not one of {LOSSES}")
-    if int(cfg["valid_utterances"]) < 1:
-        raise SekdError(f"{KEY}.valid_utterances: {cfg['valid_utterances']} must be >= 1")
-    if not float(cfg["dnsmos_drop"]) >= 0:
-        raise SekdError(f"{KEY}.dnsmos_drop: {cfg['dnsmos_drop']} must be >= 0")
-    if int(cfg["guard_patience"]) < 1:
-        raise SekdError(f"{KEY}.guard_patience: {cfg['guard_patience']} must be >= 1")
-    return cfg
 
 
 def noisy_only(manifest: str | Path) -> pd.DataFrame:
@@ -125,7 +107,7 @@ class AdaptTrainer(Trainer):
         threads: int = 1,
         identity: Any = None,
     ) -> None:
-        self.adapt_cfg = check_adapt_cfg(cfg)
+        self.adapt_cfg = cfg
         spec = read_spec(student_dir)
         model_cfg = {"name": spec["name"], "conf": spec.get("conf") or {}}
         super().__init__(
@@ -198,15 +180,13 @@ class AdaptTrainer(Trainer):
                 self.best_epoch,
             )
 
-    def try_resume(self) -> bool:
+    def on_start(self, resumed: bool) -> None:
         """Also restore the guard's run of failures, recounted from the saved history."""
-        resumed = super().try_resume()
         self.guard_failures = 0
         for row in self.history if resumed else []:
             self.guard_failures = 0 if row.get("guard_passed", True) else self.guard_failures + 1
         patience = int(self.adapt_cfg["guard_patience"])
         self.stopped_by_guard = resumed and self.guard_failures >= patience
-        return resumed
 
 
 def adapt_speaker(
@@ -264,12 +244,10 @@ def adapt_speaker(
         "epochs_run": trainer.epoch,
         "stopped_by_guard": trainer.stopped_by_guard,
     }
-    with atomic_dir(out_dir) as tmp:
-        save_model(tmp, trainer.model, trainer.model_cfg, {"config_hash": trainer.hash})
-        write_json(tmp / "metrics.json", metrics)
-        pd.DataFrame(trainer.history).to_csv(tmp / "history.csv", index=False)
-    tracker.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
-    tracker.log_artifact(Path(out_dir) / "history.csv")
+    extra = {"config_hash": trainer.hash}
+    saved = [SavedModel("", trainer.model, trainer.model_cfg, extra)]
+    out_dir = write_model_dir(out_dir, saved, metrics, trainer.history)
+    log_run_tail(tracker, "adapt", trainer, out_dir, metrics)
     return metrics
 
 
@@ -277,7 +255,6 @@ __all__ = [
     "AdaptTrainer",
     "PseudoTargetKD",
     "adapt_speaker",
-    "check_adapt_cfg",
     "guard_dnsmos",
     "noisy_only",
     "split_rows",

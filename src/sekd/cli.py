@@ -56,7 +56,7 @@ def cmd_overlay(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     """Say where the results, models and MLflow store of a finished run are."""
-    from sekd.evaluation import summary_text
+    from sekd.results import summary_text
 
     print(summary_text(_config(args)))
 
@@ -101,8 +101,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from sekd.engine import train_model
     from sekd.tracking import start_run, system_tags
-    from sekd.train import train_model
 
     cfg = _config(args)
     section = cfg[args.role]
@@ -130,70 +130,33 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Train one student with one distillation method against the frozen teacher."""
-    from sekd.config import params_hash
-    from sekd.models.store import load_model
+    from sekd.distill import DistillJob, run_method
     from sekd.tracking import start_run, system_tags
-    from sekd.train import file_sha256, train_model
 
     cfg = _config(args)
     if args.tuned:
         from sekd.tune import apply_values, read_best
 
         cfg = apply_values(cfg, args.method, read_best(args.tuned))
-    method, student = args.method, cfg["student"]
-    method_cfg = cfg["distill"][args.method]
-    train_cfg = {**student["train"], "seed": args.seed}
-    teacher_dir = Path(args.teacher)
-    cache_teacher = bool(cfg["distill"].get("cache_teacher", True))
-    identity = params_hash(
-        {
-            method: method_cfg,
-            "cache_teacher": cache_teacher,
-            "teacher": file_sha256(teacher_dir / "model.safetensors"),
-        }
+    job = DistillJob(
+        method=args.method,
+        method_cfg=cfg["distill"][args.method],
+        student=cfg["student"],
+        seed=args.seed,
+        teacher_dir=Path(args.teacher),
+        train_manifest=Path(args.train),
+        valid_manifest=Path(args.valid),
+        out_dir=Path(args.out),
+        checkpoint_dir=Path(args.checkpoints),
+        threads=args.threads,
+        workers=args.workers,
+        init=Path(args.init) if args.init else None,
+        cache_teacher=bool(cfg["distill"].get("cache_teacher", True)),
     )
-    phase, run_name = "distill", f"distill/{method}/seed{args.seed}"
-    common = {
-        "train_manifest": Path(args.train),
-        "valid_manifest": Path(args.valid),
-        "out_dir": Path(args.out),
-        "checkpoint_dir": Path(args.checkpoints),
-        "threads": args.threads,
-    }
-    params = {"method": method, "distill": {method: method_cfg}}
-    tags = system_tags(method, args.seed)
-    with start_run(phase, run_name, params, tags, _tracking(cfg)) as tracker:
-        if method in ("okd", "metricgan"):
-            from sekd.distill.okd import train_okd
-
-            workers = args.workers
-            train_okd(
-                student["model"],
-                method_cfg,
-                seed=args.seed,
-                workers=workers,
-                tracker=tracker,
-                init_weights=args.init,
-                **common,
-            )
-            return
-        if args.init:
-            raise SekdError(
-                f"--init: only okd and metricgan start from the no-KD student, not {method}"
-            )
-        from sekd.distill import build_distiller
-
-        teacher = load_model(teacher_dir)
-        train_model(
-            model_cfg=student["model"],
-            train_cfg=train_cfg,
-            run_name=run_name,
-            phase=phase,
-            tracker=tracker,
-            loss_fn=build_distiller(method, teacher, method_cfg, cache_teacher),
-            extra_hash=identity,
-            **common,
-        )
+    params = {"method": job.method, "distill": {job.method: job.method_cfg}}
+    tags = system_tags(job.method, job.seed)
+    with start_run("distill", job.run_name, params, tags, _tracking(cfg)) as tracker:
+        run_method(job, tracker)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -247,13 +210,13 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def cmd_personal_table(args: argparse.Namespace) -> None:
-    from sekd.evaluation import write_personal_table
+    from sekd.results import write_personal_table
 
     write_personal_table([Path(p) for p in args.results], Path(args.out))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from sekd.evaluation import evaluate_system
+    from sekd.results import evaluate_system
 
     cfg = _config(args)
     evaluate_system(
@@ -269,7 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from sekd.evaluation import write_comparison
+    from sekd.results import write_comparison
 
     write_comparison([Path(p) for p in args.systems], Path(args.out))
 
@@ -359,8 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoints", required=True, help="folder for resumable state")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="metric-scoring processes (OKD)")
-    p.add_argument("--init", default=None, help="no-KD student folder (OKD/MetricGAN+ init: nokd)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="metric-scoring processes (methods that score outputs, e.g. okd)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="model folder to start from (methods whose config says init: nokd)",
+    )
     p.add_argument("--tuned", default=None, help="best.yaml of a tuning study to overlay")
     p = add("tune", cmd_tune, "run one Optuna worker on a method's KD-weight study")
     p.add_argument("--method", required=True)

@@ -303,7 +303,7 @@ def next_trial(study: optuna.Study, url: str, budget: int, grace: float) -> optu
 
 def trial_trainer_class():
     """The common trainer, reporting each epoch's validation objective to the trial."""
-    from sekd.train import Trainer
+    from sekd.engine import Trainer
 
     class TrialTrainer(Trainer):
         def __init__(self, trial: optuna.Trial, shared: dict, *a, **kw):
@@ -339,9 +339,9 @@ def trial_trainer_class():
 def validation_pesq(model, dataset, device, count: int | None) -> float:
     """Mean wide-band PESQ on ``count`` evenly spaced validation utterances."""
     from sekd.metrics import InvalidScoreError
-    from sekd.metrics.evaluate import evenly_spaced
+    from sekd.metrics.scoring import evenly_spaced
     from sekd.metrics.pesq_metric import pesq_score
-    from sekd.train import enhance
+    from sekd.engine import enhance
 
     model.eval()
     scores = []

@@ -36,217 +36,73 @@ Cost. The discriminator dominates: on a 1 s crop at hop 128 (126 x 257 bins) a D
 0.65 s of one CPU core and a generator step (D forward, backward to its input) about 0.4 s. An
 epoch makes ``N * n`` generator steps and ``5 n + int(hist_portion * H)`` D steps (``n`` utterances,
 ``H`` the history size), plus scoring and validation, so the official 750 x 100 schedule on whole
-utterances is GPU work; the demo values in params.yaml (3 epochs x 6 one-second crops) take about
-a minute and a half of one core.
+utterances is GPU work; the demo values in params.yaml (2 epochs x 4 one-second crops, one generator phase) take
+about half a minute of one core.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import multiprocessing
-import os
-import shutil
-import signal
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sekd.data.datasets import MixtureDataset
 from sekd.device import pick_device, seed_everything, set_threads
-from sekd.errors import SekdError
-from sekd.io import SAMPLE_RATE, atomic_dir, atomic_path, write_json
-from sekd.metrics import InvalidScoreError
-from sekd.metrics.composite import composite
-from sekd.metrics.evaluate import (
-    _init_worker,
-    _single_thread_environment,
-    _torch_single_thread,
-    evenly_spaced,
-)
-from sekd.metrics.pesq_metric import pesq_score
-from sekd.metrics.stoi_metric import stoi_scores
-from sekd.models import build_model
-from sekd.models.complexity import count_parameters, macs_per_second
-from sekd.models.metricgan import MetricDiscriminator, MetricGANGRU, discriminator_input
-from sekd.models.store import WEIGHTS, load_weights, save_model
-from sekd.tracking import NullTracker
-from sekd.train import (
-    KILL_ENV,
+from sekd.distill.job import DistillJob
+from sekd.distill.okd_history import Entry, History, d_inputs
+from sekd.engine import (
+    EpochLoop,
+    SavedModel,
     config_hash,
     enhance,
     evaluate_si_sdr,
-    file_sha256,
     input_si_sdr,
-    log_examples,
-    read_checkpoint,
-    rng_state,
-    set_rng_state,
+    log_run_tail,
+    write_model_dir,
 )
+from sekd.engine.state import cpu_state
+from sekd.errors import SekdError
+from sekd.io import SAMPLE_RATE
+from sekd.losses.metricgan import discriminator_loss, generator_loss
+from sekd.metrics.scoring import evenly_spaced
+from sekd.metrics.targets import score_job
+from sekd.models import build_model
+from sekd.models.complexity import count_parameters, macs_per_second
+from sekd.models.metricgan import MetricDiscriminator, MetricGANGRU
+from sekd.models.store import WEIGHTS, load_weights
+from sekd.parallel import WorkerPool
+from sekd.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 
-METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "estoi")
-COMPOSITE_METRICS = ("csig", "cbak", "covl")
-STOI_METRICS = ("stoi", "estoi")
 GENERATOR_MODEL = "metricgan_gru"
 STUDENT_MODELS = ("gru_mask", GENERATOR_MODEL)
-CHECKPOINT = "last.pt"
 HISTORY_DIR = "history"
 GENERATORS_DIR = "generators"
-AUDIO_EXAMPLES = 2
-CLEAN_TARGET = 1.0
-COMMON_KEYS = ("epochs", "samples_per_epoch", "hist_portion", "lr", "grad_clip", "min_mask")
-OKD_KEYS = ("metrics", "alpha", *COMMON_KEYS)
-METRICGAN_KEYS = ("metric", *COMMON_KEYS)
-OPTIONAL_KEYS: dict[str, Any] = {
-    "segment_seconds": None,
-    "valid_utterances": None,
-    "init": "scratch",
-}
-INITS = ("scratch", "nokd")  # nokd: every generator starts from the no-KD student of its seed
+DEFAULTS: dict[str, Any] = {"segment_seconds": None, "valid_utterances": None, "init": "scratch"}
 GENERATOR_ONLY_KEYS = ("activation.slope",)  # MetricGAN's learnable-sigmoid slopes (init 1)
-
-
-# ---------------------------------------------------------------- metric normalisation
-
-
-def normalize_pesq(pesq: float | np.ndarray) -> float | np.ndarray:
-    """NELE-GAN's sigmoid ``1 / (1 + exp(-1.5 (PESQ - 2.5)))`` (official ``PESQ_normalize``)."""
-    return 1.0 / (1.0 + np.exp(-1.5 * (np.asarray(pesq, dtype=np.float64) - 2.5)))
-
-
-def normalize_composite(score: float | np.ndarray) -> float | np.ndarray:
-    """``(C - 1) / 4``: CSIG/CBAK/COVL from [1, 5] to [0, 1] (official ``CMOS_normalize``)."""
-    return (np.asarray(score, dtype=np.float64) - 1.0) / 4.0
-
-
-def normalize_score(metric: str, value: float) -> float:
-    """The D target of a raw ``metric`` value; STOI/ESTOI are already in [0, 1]."""
-    if metric == "pesq":
-        return float(normalize_pesq(value))
-    if metric in COMPOSITE_METRICS:
-        return float(normalize_composite(value))
-    if metric in STOI_METRICS:
-        return float(value)
-    raise SekdError(f"okd metric {metric!r}: not one of {METRICS}")
-
-
-def raw_scores(reference: np.ndarray, estimate: np.ndarray, metrics: Sequence[str]) -> dict:
-    """Raw values of ``metrics`` for one pair; an undefined one is NaN (never a sentinel).
-
-    PESQ is computed once and shared with the composite measures, which need it anyway.
-    """
-    reference = np.asarray(reference, dtype=np.float64)
-    estimate = np.asarray(estimate, dtype=np.float64)
-    values = dict.fromkeys(metrics, math.nan)
-    if not np.isfinite(estimate).all():
-        return values
-    wanted = set(metrics)
-    pesq = math.nan
-    if wanted & {"pesq", *COMPOSITE_METRICS}:
-        with contextlib.suppress(InvalidScoreError):
-            pesq = pesq_score(reference, estimate, "wb", SAMPLE_RATE)
-        if "pesq" in wanted:
-            values["pesq"] = pesq
-    if wanted & set(COMPOSITE_METRICS) and math.isfinite(pesq):
-        with contextlib.suppress(InvalidScoreError):
-            scores = composite(reference, estimate, SAMPLE_RATE, pesq_mos_lqo=pesq)
-            values.update({m: getattr(scores, m) for m in COMPOSITE_METRICS if m in wanted})
-    if wanted & set(STOI_METRICS):
-        with contextlib.suppress(InvalidScoreError):
-            stoi = stoi_scores(reference, estimate, SAMPLE_RATE)
-            values.update({m: stoi[m] for m in STOI_METRICS if m in wanted})
-    return values
-
-
-def score_job(job: tuple) -> np.ndarray:
-    """``(reference, estimate, metrics, normalise)`` -> scores in ``metrics`` order (worker side)."""
-    reference, estimate, metrics, normalise = job
-    values = raw_scores(reference, estimate, metrics)
-    if normalise:
-        values = {m: normalize_score(m, v) if math.isfinite(v) else v for m, v in values.items()}
-    return np.array([values[m] for m in metrics], dtype=np.float64)
-
-
-class ScoringPool:
-    """Single-threaded worker processes kept for a whole run (spawning them costs seconds).
-
-    Like ``sekd.metrics.evaluate``: the ``spawn`` start method, and thread limits in the
-    environment whenever a worker may start (the executor starts workers lazily on submit), so
-    numpy and torch load single-threaded. ``workers <= 1`` scores in this process instead.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = max(1, int(workers))
-        self._pool: ProcessPoolExecutor | None = None
-        if self.workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_init_worker
-            )
-
-    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list:
-        if self._pool is None or len(jobs) < 2:
-            with _torch_single_thread():
-                return [fn(job) for job in jobs]
-        chunksize = max(1, math.ceil(len(jobs) / (self.workers * 4)))
-        with _single_thread_environment():
-            return list(self._pool.map(fn, jobs, chunksize=chunksize))
-
-    def pids(self) -> list[int]:
-        """Process ids of the started workers (none before the first parallel ``map``)."""
-        return [] if self._pool is None else sorted(self._pool._processes)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> ScoringPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- configuration
 
 
 def okd_config(cfg: dict) -> dict:
-    """Canonical trainer config from ``distill.okd`` or ``distill.metricgan``.
+    """Canonical trainer config from a validated ``distill.okd`` or ``distill.metricgan``.
 
-    ``metricgan`` (a single ``metric``, no ``alpha``) becomes ``metrics: [metric]``, ``alpha: 0``.
+    ``metricgan`` (a single ``metric``, no ``alpha``) becomes ``metrics: [metric]``, ``alpha: 0``;
+    optional keys get their defaults. The result is part of the job's identity hash.
     """
-    single = "metric" in cfg
-    section = "distill.metricgan" if single else "distill.okd"
-    required = METRICGAN_KEYS if single else OKD_KEYS
-    unknown = sorted(set(cfg) - set(required) - set(OPTIONAL_KEYS))
-    if unknown:
-        raise SekdError(f"{section} key '{unknown[0]}': unknown")
-    missing = [k for k in required if k not in cfg]
-    if missing:
-        raise SekdError(f"{section} key '{missing[0]}': required but missing")
-    out = {**OPTIONAL_KEYS, **cfg}
-    if single:
+    out = {**DEFAULTS, **cfg}
+    if "metric" in out:
         out["metrics"], out["alpha"] = [out.pop("metric")], 0.0
     out["metrics"] = list(out["metrics"])
-    if out["init"] not in INITS:
-        raise SekdError(f"{section} key 'init': {out['init']!r} is not one of {INITS}")
-    bad = [m for m in out["metrics"] if m not in METRICS]
-    if bad or not out["metrics"] or len(set(out["metrics"])) != len(out["metrics"]):
-        raise SekdError(
-            f"{section} key 'metrics': {out['metrics']} must be distinct, from {METRICS}"
-        )
     return out
 
 
@@ -261,131 +117,7 @@ def generator_config(student_model_cfg: dict, min_mask: float) -> dict:
     return {"name": GENERATOR_MODEL, "conf": conf}
 
 
-# ---------------------------------------------------------------- losses
-
-
-def generator_loss(
-    disc: nn.Module,
-    head: int,
-    clean: torch.Tensor,
-    enhanced: torch.Tensor,
-    peers: Sequence[torch.Tensor],
-    alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(L_G, adversarial, dml)``: ``(D_head([S, S_hat]) - 1)^2 + alpha * sum_j MSE(S_hat, sg(peer_j))``.
-
-    A sum over peers, not a mean (official ``kd_type='dml'``); peers never receive gradients.
-    """
-    score = disc(discriminator_input(clean, enhanced))[:, head]
-    adversarial = F.mse_loss(score, torch.full_like(score, CLEAN_TARGET))
-    dml = enhanced.new_zeros(())
-    for peer in peers:
-        dml = dml + F.mse_loss(enhanced, peer.detach())
-    return adversarial + alpha * dml, adversarial, dml
-
-
-def discriminator_loss(
-    disc: nn.Module, clean: torch.Tensor, test: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    """MSE between D's N predictions for ``[clean, test]`` and the N normalised true scores."""
-    return F.mse_loss(disc(discriminator_input(clean, test)), targets.expand(clean.shape[0], -1))
-
-
-# ---------------------------------------------------------------- the history of enhanced outputs
-
-
-class Entry(NamedTuple):
-    """One D training item: training utterance ``index``, enhanced audio and its scores [N]."""
-
-    index: int
-    audio: np.ndarray
-    enhanced: torch.Tensor
-    noisy: torch.Tensor
-
-
-def d_inputs(
-    entry: Entry, noisy: np.ndarray, clean: np.ndarray
-) -> list[tuple[np.ndarray, torch.Tensor]]:
-    """The three (test input, N targets) pairs of one utterance: enhanced, noisy, clean (all 1)."""
-    ones = torch.full_like(entry.enhanced, CLEAN_TARGET)
-    return [(entry.audio, entry.enhanced), (noisy, entry.noisy), (clean, ones)]
-
-
-class History:
-    """MetricGAN's historical set: one float16 shard file per epoch, memory-mapped when read.
-
-    The checkpoint stores only which shards belong to it; a shard written by an epoch that was
-    killed before its checkpoint is simply rewritten when that epoch runs again.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.shards: dict[int, dict[str, torch.Tensor]] = {}
-        self.keys: list[tuple[int, int]] = []
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def _path(self, epoch: int) -> Path:
-        return self.folder / f"epoch_{epoch:05d}.pt"
-
-    @staticmethod
-    def pack(entries: Sequence[Entry]) -> dict[str, torch.Tensor]:
-        """Entries as flat tensors (``torch.load(weights_only=True)`` reads them back)."""
-        lengths = torch.tensor([e.audio.size for e in entries], dtype=torch.long)
-        audio = [torch.from_numpy(e.audio).half() for e in entries]
-        scores = [e.enhanced.float() for e in entries]
-        return {
-            "index": torch.tensor([e.index for e in entries], dtype=torch.long),
-            "scores": torch.stack(scores) if scores else torch.zeros(0, 0),
-            "offsets": torch.cumsum(lengths, 0) - lengths,
-            "lengths": lengths,
-            "audio": torch.cat(audio) if audio else torch.zeros(0, dtype=torch.float16),
-        }
-
-    def append(self, epoch: int, entries: Sequence[Entry]) -> None:
-        shard = self.pack(entries)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self._path(epoch)) as tmp:
-            torch.save(shard, tmp)
-        self.shards[epoch] = shard
-        self.keys += [(epoch, row) for row in range(len(entries))]
-
-    def entry(self, key: tuple[int, int]) -> Entry:
-        shard, row = self.shards[key[0]], key[1]
-        start, size = int(shard["offsets"][row]), int(shard["lengths"][row])
-        audio = shard["audio"][start : start + size].float().numpy()
-        scores = shard["scores"][row]
-        return Entry(int(shard["index"][row]), audio, scores, torch.full_like(scores, math.nan))
-
-    def sample(self, count: int) -> list[Entry]:
-        """``count`` distinct entries in random order (the official shuffle-then-slice)."""
-        order = torch.randperm(len(self.keys))[:count]
-        return [self.entry(self.keys[int(i)]) for i in order]
-
-    def state(self) -> list[int]:
-        return sorted(self.shards)
-
-    def restore(self, epochs: Sequence[int]) -> None:
-        self.shards, self.keys = {}, []
-        for epoch in epochs:
-            path = self._path(epoch)
-            if not path.is_file():
-                raise SekdError(f"{path}: history shard named by the checkpoint is missing")
-            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            self.shards[epoch] = shard
-            self.keys += [(epoch, row) for row in range(len(shard["index"]))]
-
-    def clear(self) -> None:
-        self.shards, self.keys = {}, []
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- the trainer
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def _finite_mean(values: Sequence[float]) -> float:
@@ -401,7 +133,7 @@ def fixed_crop(length: int, segment: int | None, seed: int, index: int) -> tuple
     return int(rng.integers(0, length - segment + 1)), segment
 
 
-class OKDTrainer:
+class OKDTrainer(EpochLoop):
     """State and phases of one MetricGAN-OKD (or MetricGAN+) run; see :func:`train_okd`."""
 
     def __init__(
@@ -414,8 +146,11 @@ class OKDTrainer:
         threads: int = 1,
         seed: int = 0,
         init_weights: str | Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.cfg = okd_config(okd_cfg)
+        self.workers = workers
+        self.pool: WorkerPool | None = None
         self.metrics: list[str] = self.cfg["metrics"]
         self.method = "metricgan" if "metric" in okd_cfg else "okd"
         self.seed = int(seed)
@@ -443,19 +178,18 @@ class OKDTrainer:
         count = len(self.train_set)
         self.noisy_scores = torch.full((count, len(self.metrics)), math.nan, dtype=torch.float64)
         self.noisy_known = torch.zeros(count, dtype=torch.bool)
-        self.checkpoint = Path(checkpoint_dir) / CHECKPOINT
         self.history = History(Path(checkpoint_dir) / HISTORY_DIR)
-        self.hash = config_hash(
+        identity = config_hash(
             self.model_cfg,
             self.cfg,
             [train_manifest, valid_manifest],
             init_weights,
             extra={"method": self.method, "seed": self.seed},
         )
-        self.epoch = 0
+        super().__init__(checkpoint_dir, identity)
         self.rows: list[dict] = []
         self.best = [
-            {"epoch": 0, "score": -math.inf, "si_sdr": math.nan, "state": _cpu_state(g)}
+            {"epoch": 0, "score": -math.inf, "si_sdr": math.nan, "state": cpu_state(g)}
             for g in self.generators
         ]
         self.valid_input: dict[str, float] = {}
@@ -547,11 +281,12 @@ class OKDTrainer:
         loss.backward()
         nn.utils.clip_grad_norm_(module.parameters(), self.cfg["grad_clip"])
         optimizer.step()
+        self.count_step()
         return True
 
     # ------------------------------------------------------------ discriminator phase
 
-    def current_set(self, generator: MetricGANGRU, chosen: list[int], pool: ScoringPool) -> list:
+    def current_set(self, generator: MetricGANGRU, chosen: list[int], pool: WorkerPool) -> list:
         """Enhance ``chosen`` with ``generator``; true normalised scores of all N metrics."""
         generator.eval()
         audio = []
@@ -572,7 +307,9 @@ class OKDTrainer:
             for i, a, s in zip(chosen, audio, scores[: len(chosen)], strict=True)
         ]
         usable = [
-            e for e in entries if torch.isfinite(e.enhanced).all() and torch.isfinite(e.noisy).all()
+            e
+            for e in entries
+            if torch.isfinite(e.audio_scores).all() and torch.isfinite(e.noisy_scores).all()
         ]
         if len(usable) < len(entries):
             log.warning(
@@ -603,10 +340,12 @@ class OKDTrainer:
         for row in torch.randperm(len(entries)).tolist():
             entry = entries[row]
             clean_spec = self.spectrogram(self.pair(entry.index)[1])
-            losses.append(self._d_update(clean_spec, self.spectrogram(entry.audio), entry.enhanced))
+            losses.append(
+                self._d_update(clean_spec, self.spectrogram(entry.audio), entry.audio_scores)
+            )
         return losses
 
-    def discriminator_phase(self, chosen: list[int], pool: ScoringPool) -> dict:
+    def discriminator_phase(self, chosen: list[int], pool: WorkerPool) -> dict:
         self.disc.train()
         k = int(torch.randint(len(self.generators), (1,)))
         current = self.current_set(self.generators[k], chosen, pool)
@@ -637,7 +376,7 @@ class OKDTrainer:
         values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else math.nan
 
-    def valid_inputs(self, pool: ScoringPool) -> None:
+    def valid_inputs(self, pool: WorkerPool) -> None:
         """Each target metric of the unprocessed validation inputs (the baseline, computed once)."""
         noisy = [self.valid_set.noisy[i] for i in self.valid_subset]
         for metric in self.metrics:
@@ -645,7 +384,7 @@ class OKDTrainer:
                 pool.map(score_job, self._valid_jobs(noisy, metric))
             )
 
-    def validate(self, pool: ScoringPool) -> dict:
+    def validate(self, pool: WorkerPool) -> dict:
         """Each generator's own target metric on the validation subset; keep each one's best."""
         stats = {}
         for i, (gen, metric) in enumerate(zip(self.generators, self.metrics, strict=True)):
@@ -661,38 +400,27 @@ class OKDTrainer:
                     "epoch": self.epoch,
                     "score": score,
                     "si_sdr": si_sdr,
-                    "state": _cpu_state(gen),
+                    "state": cpu_state(gen),
                 }
         return stats
 
-    # ------------------------------------------------------------ checkpoint
+    # ------------------------------------------------------------ checkpoint hooks
 
     def state(self) -> dict:
         return {
-            "config_hash": self.hash,
-            "epoch": self.epoch,
-            "generators": [_cpu_state(g) for g in self.generators],
+            "generators": [cpu_state(g) for g in self.generators],
             "g_optimizers": [o.state_dict() for o in self.g_optimizers],
-            "discriminator": _cpu_state(self.disc),
+            "discriminator": cpu_state(self.disc),
             "d_optimizer": self.d_optimizer.state_dict(),
             "best": self.best,
             "rows": self.rows,
             "noisy_scores": self.noisy_scores,
             "noisy_known": self.noisy_known,
             "history": self.history.state(),
-            "rng": rng_state(),
         }
 
-    def save_checkpoint(self) -> None:
-        with atomic_path(self.checkpoint) as tmp:
-            torch.save(self.state(), tmp)
-
-    def try_resume(self) -> bool:
-        """Restore ``last.pt`` (and its history shards) when it belongs to this job."""
-        state = read_checkpoint(self.checkpoint, self.hash)
-        if state is None:
-            self.history.clear()  # shards of another config or an unreadable run
-            return False
+    def load_state(self, state: dict) -> None:
+        """Also reopens the history shards the checkpoint names."""
         for gen, opt, g_state, o_state in zip(
             self.generators,
             self.g_optimizers,
@@ -704,16 +432,30 @@ class OKDTrainer:
             opt.load_state_dict(o_state)
         self.disc.load_state_dict(state["discriminator"])
         self.d_optimizer.load_state_dict(state["d_optimizer"])
-        self.epoch, self.best, self.rows = state["epoch"], state["best"], state["rows"]
+        self.best, self.rows = state["best"], state["rows"]
         self.noisy_scores, self.noisy_known = state["noisy_scores"], state["noisy_known"]
         self.history.restore(state["history"])
-        set_rng_state(state["rng"])
-        log.info("%s: resumed after epoch %d (config %s)", self.checkpoint, self.epoch, self.hash)
-        return True
+
+    def done(self) -> bool:
+        return self.epoch >= self.cfg["epochs"]
+
+    def on_start(self, resumed: bool) -> None:
+        """A fresh start drops history shards of another config; score the inputs once."""
+        if not resumed:
+            self.history.clear()
+        if not self.valid_input:
+            self.valid_inputs(self.pool)
+
+    def fit(self, tracker) -> None:
+        """The engine's loop, with ``workers`` scoring processes kept for the whole run."""
+        with WorkerPool(self.workers) as self.pool:
+            super().fit(tracker)
+        self.pool = None
 
     # ------------------------------------------------------------ epochs
 
-    def run_epoch(self, pool: ScoringPool, tracker: NullTracker) -> dict:
+    def run_epoch(self, tracker) -> None:
+        pool = self.pool
         start = time.perf_counter()
         count = min(self.cfg["samples_per_epoch"], len(self.train_set))
         chosen = torch.randperm(len(self.train_set))[:count]
@@ -737,18 +479,6 @@ class OKDTrainer:
             row["history_size"],
             row["seconds"],
         )
-        return row
-
-    def fit(self, pool: ScoringPool, tracker: NullTracker) -> None:
-        self.try_resume()
-        if not self.valid_input:
-            self.valid_inputs(pool)
-        while self.epoch < self.cfg["epochs"]:
-            self.epoch += 1
-            self.run_epoch(pool, tracker)
-            self.save_checkpoint()
-            if os.environ.get(KILL_ENV) == str(self.epoch):
-                os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------ outputs
 
@@ -788,34 +518,23 @@ class OKDTrainer:
     def write_outputs(self, out_dir: Path) -> dict:
         """Best weights of every generator; generator 0 is the student, the others go under
         ``generators/<metric>/``. Written atomically with ``metrics.json`` and ``history.csv``."""
-        for gen, best in zip(self.generators, self.best, strict=True):
+        saved = []
+        for i, (gen, metric, best) in enumerate(
+            zip(self.generators, self.metrics, self.best, strict=True)
+        ):
             gen.load_state_dict(best["state"])
             gen.eval()
+            extra = {
+                "config_hash": self.hash,
+                "best_epoch": best["epoch"],
+                "method": self.method,
+                "target_metric": metric,
+            }
+            subdir = "" if i == 0 else f"{GENERATORS_DIR}/{metric}"
+            saved.append(SavedModel(subdir, gen, self.model_cfg, extra))
         metrics = self.final_metrics()
-        with atomic_dir(out_dir) as tmp:
-            for i, (gen, metric) in enumerate(zip(self.generators, self.metrics, strict=True)):
-                extra = {
-                    "config_hash": self.hash,
-                    "best_epoch": self.best[i]["epoch"],
-                    "method": self.method,
-                    "target_metric": metric,
-                }
-                folder = tmp if i == 0 else tmp / GENERATORS_DIR / metric
-                save_model(folder, gen, self.model_cfg, extra)
-            write_json(tmp / "metrics.json", _json_safe(metrics))
-            pd.DataFrame(self.rows).to_csv(tmp / "history.csv", index=False)
+        write_model_dir(out_dir, saved, metrics, self.rows)
         return metrics
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf (a metric undefined on every utterance) as null: ``metrics.json`` stays valid JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def train_okd(
@@ -850,6 +569,7 @@ def train_okd(
         threads,
         seed,
         init_weights,
+        workers,
     )
     log.info(
         "%s: %d generator(s) %s for %s on %s, %d train / %d valid utterances, config %s",
@@ -871,45 +591,39 @@ def train_okd(
             "seed": seed,
         }
     )
-    with ScoringPool(workers) as pool:
-        trainer.fit(pool, tracker)
+    trainer.fit(tracker)
     out_dir = Path(out_dir)
     metrics = trainer.write_outputs(out_dir)
-    numbers = {
-        f"final_{k}": v
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }
-    tracker.log_metrics(numbers)
-    tracker.set_tags(
-        {
-            "sekd.phase": "distill",
-            "sekd.config_hash": trainer.hash,
-            "checkpoint.path": str(trainer.checkpoint.resolve()),
-            "checkpoint.sha256": file_sha256(trainer.checkpoint),
-            "model.dir": str(out_dir.resolve()),
-        }
-    )
-    for name in ("metrics.json", "history.csv", "model.yaml"):
-        tracker.log_artifact(out_dir / name)
-    log_examples(tracker, trainer.generators[0], trainer.valid_set, trainer.device, AUDIO_EXAMPLES)
+    examples = (trainer.generators[0], trainer.valid_set)
+    log_run_tail(tracker, "distill", trainer, out_dir, metrics, examples)
     return metrics
 
 
 __all__ = [
-    "METRICS",
-    "History",
+    "GENERATOR_MODEL",
     "OKDTrainer",
-    "ScoringPool",
-    "d_inputs",
-    "discriminator_loss",
+    "fixed_crop",
     "generator_config",
-    "generator_loss",
-    "normalize_composite",
-    "normalize_pesq",
-    "normalize_score",
     "okd_config",
-    "raw_scores",
-    "score_job",
     "train_okd",
 ]
+
+
+def run(job: DistillJob, tracker: Any) -> dict:
+    """``sekd distill`` for ``okd`` and ``metricgan`` (see :mod:`sekd.distill`)."""
+    return train_okd(
+        job.student["model"],
+        job.method_cfg,
+        job.train_manifest,
+        job.valid_manifest,
+        job.out_dir,
+        job.checkpoint_dir,
+        threads=job.threads,
+        workers=job.workers,
+        seed=job.seed,
+        tracker=tracker,
+        init_weights=job.init,
+    )
+
+
+RUNNERS = {"okd": run, "metricgan": run}

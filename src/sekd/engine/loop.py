@@ -1,0 +1,106 @@
+"""The one epoch loop every trainer runs on: resume -> epoch -> validate -> select -> save.
+
+In the spirit of SpeechBrain's ``Brain``: :class:`EpochLoop` owns the order of things and the
+checkpoint; a trainer fills in the hooks. ``run_epoch`` trains, validates and keeps the best
+weights by its own selection rule; ``state``/``load_state`` say what of the job goes into the
+checkpoint beyond what the loop keeps itself (identity, epoch, ``finished``, RNG states);
+``on_start`` runs once after the resume decision; ``done`` says when to stop.
+
+Every epoch ends with an atomic checkpoint, so a process killed anywhere (inside an epoch too)
+reruns only the epoch in progress, from the same weights, optimiser and RNG states: the run is
+bit-identical to one never killed. Two environment variables exist for tests that prove it:
+``SEKD_KILL_AFTER_EPOCH=E`` SIGKILLs the process right after epoch E's checkpoint, and
+``SEKD_STOP_AT_STEP=E:S`` makes it SIGSTOP itself at optimiser step S of epoch E, so that a test
+can kill it from outside at a step of its choosing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+from sekd.engine.state import CHECKPOINT, read_checkpoint, set_rng_state, write_checkpoint
+
+log = logging.getLogger(__name__)
+
+KILL_ENV = "SEKD_KILL_AFTER_EPOCH"
+STOP_ENV = "SEKD_STOP_AT_STEP"
+
+
+def _stop_point() -> tuple[int, int] | None:
+    value = os.environ.get(STOP_ENV)
+    if not value:
+        return None
+    epoch, step = value.split(":")
+    return int(epoch), int(step)
+
+
+class EpochLoop:
+    """Epoch bookkeeping and the checkpoint of one training job; subclasses supply the hooks."""
+
+    def __init__(self, checkpoint_dir: str | Path, identity: str) -> None:
+        self.checkpoint = Path(checkpoint_dir) / CHECKPOINT
+        self.hash = identity
+        self.epoch = 0
+        self.finished = False
+        self.resumed_from = 0
+        self.step_in_epoch = 0
+        self._stop_at = _stop_point()
+
+    # ------------------------------------------------------------ hooks
+
+    def state(self) -> dict:
+        """The job's own part of the checkpoint (tensors and plain containers)."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` saved."""
+        raise NotImplementedError
+
+    def run_epoch(self, tracker) -> None:
+        """Train one epoch (``self.epoch``), validate, keep the best weights, log the row."""
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        """Whether training is over (budget spent or stopped early)."""
+        raise NotImplementedError
+
+    def on_start(self, resumed: bool) -> None:
+        """Runs once before the first epoch of this process, after the resume decision."""
+
+    # ------------------------------------------------------------ the loop
+
+    def save_checkpoint(self) -> None:
+        identity = {"config_hash": self.hash, "epoch": self.epoch, "finished": self.finished}
+        write_checkpoint(self.checkpoint, {**identity, **self.state()})
+
+    def try_resume(self) -> bool:
+        """Restore the checkpoint when it belongs to this job; return whether it did."""
+        state = read_checkpoint(self.checkpoint, self.hash)
+        if state is None:
+            return False
+        self.load_state(state)
+        self.epoch = self.resumed_from = state["epoch"]
+        self.finished = bool(state.get("finished", False))
+        set_rng_state(state["rng"])
+        log.info("%s: resumed after epoch %d (config %s)", self.checkpoint, self.epoch, self.hash)
+        return True
+
+    def count_step(self) -> None:
+        """Call once per optimiser step (any model): the step counter the stop point uses."""
+        self.step_in_epoch += 1
+        if self._stop_at == (self.epoch, self.step_in_epoch):
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def fit(self, tracker) -> None:
+        self.on_start(self.try_resume())
+        while not self.done():
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.run_epoch(tracker)
+            self.save_checkpoint()
+            if os.environ.get(KILL_ENV) == str(self.epoch):
+                os.kill(os.getpid(), signal.SIGKILL)
+        self.finished = True

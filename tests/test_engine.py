@@ -1,0 +1,220 @@
+"""The one training engine: every trainer resumes bit-identically after a kill from outside.
+
+Each case runs a trainer in a child process that stops itself (SIGSTOP) at an optimiser step in
+the middle of its second epoch (``SEKD_STOP_AT_STEP``); the test then SIGKILLs it from outside,
+reruns the same command to completion and compares its outputs with an uninterrupted run: the
+weights byte for byte, history and metrics up to wall-clock columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tiny import TINY_MODEL, tiny_train, write_set
+
+from sekd.config import load_params
+from sekd.engine import CHECKPOINT, STOP_ENV, EpochLoop
+from sekd.models import build_model
+from sekd.models.store import save_model
+
+REPO = Path(__file__).resolve().parents[1]
+OKD_STUDENT = {"name": "gru_mask", "conf": {"hidden": 8, "layers": 1, "n_fft": 32, "hop": 16}}
+
+SUPERVISED = """
+from sekd.engine import train_model
+train_model(a["model"], a["train"], a["train_set"], a["valid_set"], a["out"], a["ckpt"])
+"""
+LOSS_METHOD = """
+from pathlib import Path
+from sekd.distill import DistillJob, run_method
+from sekd.tracking import NullTracker
+job = DistillJob(a["method"], a["method_cfg"], {"model": a["model"], "train": a["train"]}, 0,
+                 Path(a["teacher"]), Path(a["train_set"]), Path(a["valid_set"]), Path(a["out"]),
+                 Path(a["ckpt"]))
+run_method(job, NullTracker())
+"""
+OKD = """
+from sekd.distill.okd import train_okd
+train_okd(a["model"], a["method_cfg"], a["train_set"], a["valid_set"], a["out"], a["ckpt"])
+"""
+ADAPT = """
+from sekd.adapt import adapt_speaker
+adapt_speaker(a["adapt"], a["student"], a["teacher"], a["train_set"], a["out"], a["ckpt"])
+"""
+TRIAL = """
+from pathlib import Path
+import optuna, pandas as pd
+from safetensors.torch import save_file
+from sekd.distill import build_distiller
+from sekd.models.store import load_model
+from sekd.tracking import NullTracker
+from sekd.tune import trial_trainer_class
+storage = optuna.storages.JournalStorage(
+    optuna.storages.journal.JournalFileBackend(a["storage"]))
+study = optuna.create_study(study_name="t", storage=storage, load_if_exists=True)
+trials = study.get_trials(deepcopy=False)
+trial = optuna.trial.Trial(study, trials[0]._trial_id) if trials else study.ask()
+shared = {"cfg": {"tune": {"objective": "si_sdr", "valid_utterances": None}}}
+distiller = build_distiller("output_kd", load_model(a["teacher"]), a["method_cfg"])
+trainer = trial_trainer_class()(trial, shared, a["model"], a["train"], a["train_set"],
+                                a["valid_set"], a["ckpt"], 1, distiller)
+trainer.fit(NullTracker())
+out = Path(a["out"]); out.mkdir()
+save_file(trainer.best_state, str(out / "model.safetensors"))
+pd.DataFrame(trainer.history).to_csv(out / "history.csv", index=False)
+"""
+
+
+def _process_state(pid: int) -> str:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2]
+
+
+def _run(code: str, args: dict, stop_at: str | None = None) -> None:
+    """Run ``code`` (with ``a`` = ``args``) in a child; with ``stop_at``, kill it at that step."""
+    env = {k: v for k, v in os.environ.items() if k != STOP_ENV}
+    if stop_at:
+        env[STOP_ENV] = stop_at
+    source = "import json, sys\na = json.loads(sys.argv[1])\n" + code
+    proc = subprocess.Popen(
+        [sys.executable, "-c", source, json.dumps(args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if stop_at is None:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        return
+    deadline = time.monotonic() + 600
+    while _process_state(proc.pid) != "T":
+        assert proc.poll() is None, f"ended before step {stop_at}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "never reached the stop point"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # from outside, in the middle of an epoch
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _wall_clock(name: str) -> bool:
+    return "seconds" in name or name in ("samples_per_second", "device")
+
+
+def _same_outputs(got: Path, want: Path) -> None:
+    files = sorted(p.relative_to(want) for p in want.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(got) for p in got.rglob("*") if p.is_file())
+    for name in files:
+        if name.suffix == ".csv":
+            a, b = pd.read_csv(got / name), pd.read_csv(want / name)
+            keep = [c for c in b.columns if not _wall_clock(c)]
+            pd.testing.assert_frame_equal(a[keep], b[keep])
+        elif name.suffix == ".json":
+            a, b = (json.loads((d / name).read_text()) for d in (got, want))
+            strip = {k for k in b if _wall_clock(k)}
+            assert {k: v for k, v in a.items() if k not in strip} == {
+                k: v for k, v in b.items() if k not in strip
+            }
+        else:
+            assert (got / name).read_bytes() == (want / name).read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("engine")
+    teacher = build_model(TINY_MODEL["name"], {**TINY_MODEL["conf"], "hidden": 12})
+    save_model(
+        root / "teacher", teacher, {**TINY_MODEL, "conf": {**TINY_MODEL["conf"], "hidden": 12}}
+    )
+    torch.manual_seed(1)
+    save_model(root / "student", build_model(TINY_MODEL["name"], TINY_MODEL["conf"]), TINY_MODEL)
+    return {
+        "train_set": str(write_set(root, "train", [0.6, 0.7, 0.5, 0.65, 0.55, 0.6], seed=0)),
+        "valid_set": str(write_set(root, "valid", [0.6, 0.5], seed=1)),
+        "noisy_set": str(write_set(root, "adapt", [1.2] * 8, seed=2, target=False)),
+        "teacher": str(root / "teacher"),
+        "student": str(root / "student"),
+    }
+
+
+def _cases(data: dict) -> dict[str, tuple[str, dict, str]]:
+    params = load_params(REPO / "params.yaml")
+    train = tiny_train(epochs=3, batch_size=2)
+    common = {"model": TINY_MODEL, "train": train, **data}
+    okd_cfg = {**params["distill"]["okd"], "epochs": 3, "segment_seconds": 0.3, "init": "scratch"}
+    adapt = {**params["adapt"], "valid_utterances": 2, "dnsmos_drop": 5.0}
+    adapt["train"] = tiny_train(epochs=3, batch_size=2, segment_seconds=0.5)
+    cases = {
+        "supervised": (SUPERVISED, common, "2:2"),
+        "okd": (OKD, {**common, "model": OKD_STUDENT, "method_cfg": okd_cfg}, "2:5"),
+        "adapt": (ADAPT, {**common, "adapt": adapt, "train_set": data["noisy_set"]}, "2:2"),
+        "tuning_trial": (TRIAL, {**common, "method_cfg": params["distill"]["output_kd"]}, "2:2"),
+    }
+    for method in ("output_kd", "dfkd", "latent_mixup"):
+        args = {**common, "method": method, "method_cfg": params["distill"][method]}
+        cases[method] = (LOSS_METHOD, args, "2:2")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["supervised", "output_kd", "dfkd", "latent_mixup", "okd", "adapt", "tuning_trial"],
+)
+def test_a_kill_from_outside_mid_epoch_resumes_bit_identically(case, data, tmp_path):
+    code, args, stop_at = _cases(data)[case]
+    reference = {**args, "out": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref_ckpt")}
+    reference["storage"] = str(tmp_path / "ref.journal")
+    _run(code, reference)
+
+    killed = {**args, "out": str(tmp_path / "out"), "ckpt": str(tmp_path / "ckpt")}
+    killed["storage"] = str(tmp_path / "killed.journal")
+    _run(code, killed, stop_at=stop_at)
+    state = torch.load(Path(killed["ckpt"]) / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1  # killed inside epoch 2, after epoch 1's checkpoint
+    assert not Path(killed["out"]).exists()
+
+    _run(code, killed)
+    _same_outputs(Path(killed["out"]), Path(reference["out"]))
+
+
+def test_the_loop_calls_hooks_in_order_and_resumes_its_own_state(tmp_path):
+    """A minimal method on the engine: only its hooks, and the loop does the rest."""
+
+    class Counter(EpochLoop):
+        def __init__(self) -> None:
+            super().__init__(tmp_path, "counter-1")
+            self.total, self.calls = 0.0, []
+
+        def state(self) -> dict:
+            return {"total": self.total}
+
+        def load_state(self, state: dict) -> None:
+            self.total = state["total"]
+
+        def done(self) -> bool:
+            return self.epoch >= 3
+
+        def on_start(self, resumed: bool) -> None:
+            self.calls.append(("start", resumed))
+
+        def run_epoch(self, tracker) -> None:
+            self.total += float(torch.rand(()))  # the loop restores the RNG with the checkpoint
+            self.calls.append(("epoch", self.epoch))
+
+    first = Counter()
+    first.fit(None)
+    assert first.calls == [("start", False), ("epoch", 1), ("epoch", 2), ("epoch", 3)]
+    again = Counter()
+    again.fit(None)
+    assert again.calls == [("start", True)] and again.total == first.total
+    assert math.isfinite(again.total) and again.finished
