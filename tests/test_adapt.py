@@ -19,11 +19,11 @@ from sekd.data.corpus import random_sentences, speaker_voices
 from sekd.data.espeak import synthesize
 from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.errors import SekdError
-from sekd.evaluation import write_personal_table
 from sekd.io import write_audio
 from sekd.models import build_model
 from sekd.models.gru_mask import GRUMaskNet
 from sekd.models.store import save_model
+from sekd.results import write_personal_table
 
 SPEECH_BAND_HZ = (200.0, 4000.0)
 

@@ -12,7 +12,7 @@ import pytest
 from sekd.errors import SekdError
 from sekd.io import read_audio, write_audio
 from sekd.metrics import METRIC_KEYS
-from sekd.metrics.evaluate import (
+from sekd.metrics.scoring import (
     DNSMOS_SCORED,
     evenly_spaced,
     metric_keys,

@@ -17,10 +17,10 @@ import soundfile as sf
 
 from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
 from sekd.errors import SekdError
-from sekd.evaluation import write_comparison, write_personal_table
 from sekd.io import SAMPLE_RATE, write_audio, write_json
 from sekd.metrics import METRIC_KEYS
 from sekd.report import write_report
+from sekd.results import write_comparison, write_personal_table
 
 CFG = {"paths": {"data": "data", "models": "models", "results": "results"}}
 SECTIONS = ("comparison", "metrics", "personal", "pareto", "examples", "dataset")

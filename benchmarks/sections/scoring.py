@@ -22,7 +22,7 @@ from pystoi import stoi
 
 from sekd.io import SAMPLE_RATE, write_audio
 from sekd.metrics.composite import composite
-from sekd.metrics.evaluate import evenly_spaced, score_batch
+from sekd.metrics.scoring import evenly_spaced, score_batch
 from sekd.metrics.sisdr import si_sdr_scores
 
 from .common import (
@@ -91,7 +91,7 @@ def library_costs(sample: list[Utterance], evaluate: dict, repeats: int) -> dict
 
 def _warm_worker() -> int:
     """What a scoring worker loads before its first utterance (imports, DNSMOS sessions)."""
-    import sekd.metrics.evaluate  # noqa: F401
+    import sekd.metrics.scoring  # noqa: F401
     from sekd.metrics.dnsmos import _scorer
 
     torch.set_num_threads(1)
@@ -111,7 +111,7 @@ def worker_startup() -> float:
 
 
 def score_wall(items: list[Utterance], refs: list[Path], evaluate: dict, workers: int) -> float:
-    """Wall seconds of ``score_batch`` as ``sekd.evaluation`` calls it (references as files)."""
+    """Wall seconds of ``score_batch`` as ``sekd.results`` calls it (references as files)."""
     ids = [f"u{i:03d}" for i in range(len(items))]
     estimates, noisy = [u[1] for u in items], [u[2] for u in items]
     return timed(lambda: score_batch(ids, refs, estimates, noisy, evaluate, workers))[1]

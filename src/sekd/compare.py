@@ -2,7 +2,7 @@
 
 It searches the finished runs of a phase's experiment(s) (``search_runs``), keeps the latest run of
 each system (a rerun replaces, not doubles, a seed) and pools seeds per method with the same
-statistics as the report's table (:func:`sekd.evaluation.method_row`): mean ± 95% CI over the
+statistics as the report's table (:func:`sekd.results.method_row`): mean ± 95% CI over the
 seeds' test means. Methods with one seed show the mean alone (their utterance-level CI lives in
 ``results/table.md``, not in MLflow).
 """
@@ -80,7 +80,7 @@ def runs_frame(
 
 def method_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per method: mean ± 95% CI over its seeds' test means (the report's statistics)."""
-    from sekd.evaluation import method_row
+    from sekd.results import method_row
 
     rows = []
     for method, group in runs.groupby("method", sort=False):
@@ -97,7 +97,7 @@ def compare_text(
     per_run: bool = False,
 ) -> str:
     """The comparison as a Markdown table (or every run's test metrics with ``per_run``)."""
-    from sekd.evaluation import markdown_table
+    from sekd.results import markdown_table
 
     runs = runs_frame(phase, tracking_cfg, methods, seeds)
     if per_run:

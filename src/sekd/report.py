@@ -27,9 +27,9 @@ from scipy.signal import stft
 
 from sekd.data.manifest import read_manifest
 from sekd.errors import SekdError
-from sekd.evaluation import gains_plot, markdown_table, personal_markdown
 from sekd.io import SAMPLE_RATE, read_audio, write_text
 from sekd.metrics import METRIC_KEYS
+from sekd.results import gains_plot, markdown_table, personal_markdown
 from sekd.tracking import git_commit, split_system
 
 __all__ = ["write_report"]

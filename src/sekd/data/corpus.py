@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from sekd.data import parallel_map
 from sekd.data.espeak import Voice, synthesize
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, read_table, write_audio
+from sekd.parallel import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,9 @@ def make_demo_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame
     )
     with atomic_dir(out_dir) as tmp:
         tasks = [(tmp / r["path"], r["text"], voice_of[r["speaker"]]) for r in rows]
-        for row, seconds in zip(rows, parallel_map(_render_utterance, tasks, workers), strict=True):
+        with WorkerPool(workers) as pool:
+            durations = pool.map(_render_utterance, tasks, desc="utterances")
+        for row, seconds in zip(rows, durations, strict=True):
             row["seconds"] = seconds
         utterances = pd.DataFrame(rows, columns=UTTERANCE_COLUMNS)
         speakers = pd.DataFrame(
@@ -304,7 +306,8 @@ def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFra
     rows = [{"speaker": s, "path": p} for s, paths in kept.items() for p in paths]
     paths = [r["path"] for r in rows]
     log.info("corpus: validating %d files of %d speakers in %s", len(rows), len(kept), root)
-    probes = parallel_map(probe_audio, paths, workers)
+    with WorkerPool(workers) as pool:
+        probes = pool.map(probe_audio, paths, desc="probing")
     log_formats([fmt for _, fmt in probes], paths, "corpus")
     stems = Counter(p.stem for p in paths)
     for row, (seconds, _) in zip(rows, probes, strict=True):

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sekd.data import parallel_map
 from sekd.data.corpus import find_audio, log_formats, probe_audio, safe_name
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, read_table, write_audio
+from sekd.parallel import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def scan_noise_folder(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFram
         safe_name(p.relative_to(root).parts[0]) if p.parent != root else "noise" for p in files
     ]
     log.info("noise: validating %d recordings below %s", len(files), root)
-    probes = parallel_map(probe_audio, files, workers)
+    with WorkerPool(workers) as pool:
+        probes = pool.map(probe_audio, files, desc="probing")
     log_formats([fmt for _, fmt in probes], files, "noise")
     ids = [safe_name(f"{kind}_{p.stem}") for kind, p in zip(kinds, files, strict=True)]
     counts = Counter(ids)

@@ -11,19 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
-from multiprocessing import get_context
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sekd.errors import SekdError
-from sekd.progress import progress
 from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, write_audio
+from sekd.parallel import WorkerPool
 
 from .manifest import MANIFEST_COLUMNS, write_manifest
 from .mixing import NOISE_REGIONS, make_target, mix, noise_segment, reverberate
@@ -35,7 +32,6 @@ SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2, "personal": 3}
 MIXTURE_STREAM, ROOM_STREAM, PLAN_STREAM = 0, 1, 2
 # Personal sets use the test part of each noise recording, halved so adapt and test share no sample.
 PERSONAL_NOISE_REGIONS = {"adapt": (0.8, 0.9), "test": (0.9, 1.0)}
-CHUNKS_PER_WORKER = 4  # tasks per worker: enough to balance the load, few enough to amortise IPC
 
 
 @dataclass(frozen=True)
@@ -109,55 +105,19 @@ def render_mixture(job: MixtureJob, root: Path) -> tuple[dict, float]:
     return row, rir_seconds
 
 
-def _render_chunk(jobs: list[MixtureJob], root: Path) -> list[tuple[dict, float]]:
-    return [render_mixture(job, root) for job in jobs]
-
-
 def _draw_room_task(args: tuple[tuple[int, ...], str, dict]) -> Room:
     entropy, room_id, cfg = args
     return draw_room(np.random.default_rng(list(entropy)), room_id, cfg)
 
 
-def _chunks(items: list, workers: int) -> list[list]:
-    size = max(1, math.ceil(len(items) / (max(workers, 1) * CHUNKS_PER_WORKER)))
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-class _Runner:
-    """Map over a process pool (or in-process for one worker); results keep the input order."""
-
-    def __init__(self, workers: int):
-        self.workers = max(1, int(workers))
-        self.pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> _Runner:
-        if self.workers > 1:
-            # spawn: the caller may hold threads (torch, BLAS) that a fork would copy mid-lock.
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-
-    def map(self, func: Callable, items: Iterable, *args) -> list:
-        items = list(items)
-        if self.pool is None:
-            results = (func(item, *args) for item in items)
-        else:
-            results = self.pool.map(func, items, *[[a] * len(items) for a in args])
-        return list(progress(results, len(items), getattr(func, "__name__", "").strip("_")))
-
-
-def _draw_rooms(runner: _Runner, cfg: dict, split: str, count: int, prefix: str) -> list[Room]:
+def _draw_rooms(pool: WorkerPool, cfg: dict, split: str, count: int, prefix: str) -> list[Room]:
     seed, index = int(cfg["seed"]), SPLIT_INDEX[split]
     tasks = [((seed, index, ROOM_STREAM, r), f"{prefix}{r:02d}", cfg) for r in range(count)]
-    return runner.map(_draw_room_task, tasks)
+    return pool.map(_draw_room_task, tasks, chunksize=1, desc="rooms")  # seconds per room
 
 
-def _render(runner: _Runner, jobs: list[MixtureJob], root: Path) -> tuple[pd.DataFrame, float]:
-    chunks = runner.map(_render_chunk, _chunks(jobs, runner.workers), root)
-    results = [result for chunk in chunks for result in chunk]
+def _render(pool: WorkerPool, jobs: list[MixtureJob], root: Path) -> tuple[pd.DataFrame, float]:
+    results = pool.map(partial(render_mixture, root=root), jobs, desc="mixtures")
     rows = [row for row, _ in results]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), sum(t for _, t in results)
 
@@ -274,13 +234,13 @@ def synthesize_split(
     """
     out_dir = Path(out_dir)
     timing = {}
-    with _Runner(workers) as runner, atomic_dir(out_dir) as tmp:
+    with WorkerPool(workers) as pool, atomic_dir(out_dir) as tmp:
         started = time.perf_counter()
-        rooms = _draw_rooms(runner, cfg, split, int(cfg["rooms"][split]), f"{split}_r")
+        rooms = _draw_rooms(pool, cfg, split, int(cfg["rooms"][split]), f"{split}_r")
         timing["rooms"] = time.perf_counter() - started
         jobs = plan_split(split, utterances, noises, speakers, cfg, rooms)
         started = time.perf_counter()
-        df, timing["rir"] = _render(runner, jobs, tmp)
+        df, timing["rir"] = _render(pool, jobs, tmp)
         timing["mixtures"] = time.perf_counter() - started
         write_manifest(df, tmp / "manifest.csv")
     _log_summary(split, df, len(rooms), timing)
@@ -373,17 +333,19 @@ def synthesize_personal(
     speakers = sorted(str(s) for s in speakers)
     seed, index = int(cfg["seed"]), SPLIT_INDEX["personal"]
     timing = {}
-    with _Runner(workers) as runner, atomic_dir(out_dir) as tmp:
+    with WorkerPool(workers) as pool, atomic_dir(out_dir) as tmp:
         started = time.perf_counter()
         tasks = [
             ((seed, index, ROOM_STREAM, k), f"personal_{spk}", cfg)
             for k, spk in enumerate(speakers)
         ]
-        rooms = dict(zip(speakers, runner.map(_draw_room_task, tasks), strict=True))
+        rooms = dict(
+            zip(speakers, pool.map(_draw_room_task, tasks, chunksize=1, desc="rooms"), strict=True)
+        )
         timing["rooms"] = time.perf_counter() - started
         jobs = plan_personal(utterances, noises, speakers, cfg, rooms)
         started = time.perf_counter()
-        df, timing["rir"] = _render(runner, jobs, tmp)
+        df, timing["rir"] = _render(pool, jobs, tmp)
         timing["mixtures"] = time.perf_counter() - started
         sets = ["test" if job.target_rel else "adapt" for job in jobs]
         df = _write_personal_manifests(df, sets, tmp)

@@ -4,25 +4,19 @@ A metric that is undefined for an utterance (silent reference, too little speech
 error) is NaN in that row and named in its ``note`` column; ``summarize`` leaves such rows out and
 counts them, so a sentinel such as PESQ's -1 or STOI's 1e-5 can never enter an average.
 
-The pool uses the ``spawn`` start method (safe next to torch and onnxruntime threads, and the
-same on every OS). Each worker runs every library single-threaded: the parallelism is across
-utterances, and one thread per process avoids oversubscribing the cores.
+The utterances are scored in a :class:`~sekd.parallel.WorkerPool` (``spawn`` workers, each
+single-threaded: the parallelism is across utterances).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.special import stdtrit
 
 from sekd.errors import SekdError
@@ -32,19 +26,10 @@ from sekd.metrics.composite import composite
 from sekd.metrics.pesq_metric import pesq_score
 from sekd.metrics.sisdr import si_sdr_scores
 from sekd.metrics.stoi_metric import stoi_scores
-from sekd.progress import progress
+from sekd.parallel import WorkerPool
 
 Audio = np.ndarray | str | Path
-_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
 DNSMOS_SCORED = "dnsmos_scored"
-_CHUNKS_PER_WORKER = 4  # several chunks per worker balance the load; few keep IPC overhead low
 
 
 def metric_keys(options: Mapping) -> list[str]:
@@ -169,39 +154,6 @@ def _score_job(job: tuple, options: Mapping) -> dict:
     return {"id": utterance_id, **row}
 
 
-def _init_worker() -> None:
-    """Pin a worker to one thread before it does any numerical work."""
-    for name in _THREAD_VARIABLES:
-        os.environ[name] = "1"
-    torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def _torch_single_thread() -> Iterator[None]:
-    """Score in-process with one torch thread, like a worker, so float32 sums agree bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _single_thread_environment() -> Iterator[None]:
-    """Spawned workers inherit the environment, so thread limits apply before numpy loads."""
-    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def score_batch(
     ids: Sequence[str],
     references: Sequence[Audio],
@@ -223,18 +175,8 @@ def score_batch(
     scored = [row in subset for row in range(len(ids))]
     jobs = list(zip(ids, references, estimates, noisies, scored, strict=True))
     score = partial(_score_job, options=dict(options))
-    if workers <= 1 or len(jobs) < 2:
-        with _torch_single_thread():
-            rows = [score(job) for job in progress(jobs, len(jobs), "scoring")]
-    else:
-        workers = min(workers, len(jobs))
-        chunksize = max(1, math.ceil(len(jobs) / (workers * _CHUNKS_PER_WORKER)))
-        context = multiprocessing.get_context("spawn")
-        with (
-            _single_thread_environment(),
-            ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool,
-        ):
-            rows = list(progress(pool.map(score, jobs, chunksize=chunksize), len(jobs), "scoring"))
+    with WorkerPool(min(workers, len(jobs))) as pool:
+        rows = pool.map(score, jobs, desc="scoring")
     frame = pd.DataFrame(rows, columns=["id", *metric_keys(options), "note"])
     if dnsmos:
         frame[DNSMOS_SCORED] = scored

@@ -1,7 +1,7 @@
-"""Evaluate systems on a test manifest and combine them into the comparison table.
+"""Results: evaluate systems on a test manifest, then tables, plots and summaries of the scores.
 
 A *system* is the noisy input itself or a trained model folder. Enhancement runs on the GPU when
-present; scoring runs in parallel worker processes (``sekd.metrics.evaluate``).
+present; per-utterance scoring runs in parallel worker processes (``sekd.metrics.scoring``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sekd.data.manifest import read_manifest
 from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
-from sekd.metrics.evaluate import DNSMOS_SCORED, score_batch, summarize
+from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, summarize
 from sekd.tracking import log_to_training_run, split_system, start_run, system_tags
 
 log = logging.getLogger(__name__)

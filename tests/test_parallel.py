@@ -1,0 +1,94 @@
+"""The package's one process pool: order, in-process fallback, worker threads, errors, lifetime."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sekd.errors import SekdError
+from sekd.parallel import (
+    THREAD_VARIABLES,
+    WorkerPool,
+    default_chunksize,
+    single_thread_environment,
+    torch_single_thread,
+)
+
+MARK = "SEKD_TEST_WORKER_MARK"
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _threads(_: int) -> tuple[int, dict, str | None, int]:
+    import torch
+
+    env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    return os.getpid(), env, os.environ.get(MARK), torch.get_num_threads()
+
+
+def _mark() -> None:
+    os.environ[MARK] = "initialised"
+
+
+def _fail(x: int) -> int:
+    if x == 3:
+        raise SekdError("job 3 failed")
+    return x
+
+
+def test_results_keep_the_job_order_for_any_workers_and_chunksize():
+    jobs = list(range(23))
+    expected = [x * x for x in jobs]
+    with WorkerPool(1) as local:
+        assert local.map(_square, jobs) == expected
+        assert local.pids() == []
+    with WorkerPool(2) as pool:
+        assert pool.map(_square, jobs) == expected
+        assert pool.map(_square, iter(jobs), chunksize=5) == expected
+        assert pool.map(_square, []) == []
+        assert len(pool.pids()) == 2
+
+
+def test_workers_are_single_threaded_spawned_processes_kept_for_the_pool_life():
+    with WorkerPool(2, initializer=_mark) as pool:
+        first = pool.map(_threads, range(8))
+        pids = pool.pids()
+        second = pool.map(_threads, range(8))
+        assert pool.pids() == pids  # the same processes serve every map
+    assert os.getpid() not in pids and {row[0] for row in first + second} <= set(pids)
+    for _, env, mark, threads in first + second:
+        assert set(env.values()) == {"1"} and mark == "initialised" and threads == 1
+    assert pool.pids() == []  # closed
+
+
+def test_in_process_map_runs_with_one_torch_thread_and_restores_it():
+    before = torch.get_num_threads()
+    with WorkerPool(4) as pool:
+        ((pid, _, _, threads),) = pool.map(_threads, [0])  # one job: no process started
+        assert pool.pids() == []
+    assert pid == os.getpid() and threads == 1
+    assert torch.get_num_threads() == before
+
+
+def test_first_job_error_is_raised_with_its_message():
+    for workers in (1, 2):
+        with pytest.raises(SekdError, match="job 3 failed"), WorkerPool(workers) as pool:
+            pool.map(_fail, range(10))
+
+
+def test_helpers_restore_the_environment_and_threads():
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    with single_thread_environment():
+        assert all(os.environ[name] == "1" for name in THREAD_VARIABLES)
+    assert {name: os.environ.get(name) for name in THREAD_VARIABLES} == saved
+    threads = torch.get_num_threads()
+    with torch_single_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+    assert default_chunksize(0, 2) == 1
+    assert default_chunksize(48, 2) == 6  # ceil(48 / (2 * 4))
+    assert default_chunksize(49, 2) == 7
