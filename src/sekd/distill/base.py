@@ -3,8 +3,8 @@
 A method is a ``Distiller``: an ``nn.Module`` the trainer calls as ``loss_fn(student, batch)`` and
 that returns ``(loss, components)``. It holds the frozen teacher and any trainable parts of its own
 (adapters), which the trainer optimises and checkpoints with the student. Methods that need their
-own schedule (MetricGAN-OKD's generator/discriminator phases) implement ``fit`` instead and are
-listed in ``CUSTOM_TRAINERS``.
+own schedule (MetricGAN-OKD's generator/discriminator phases) are not distillers: their module
+holds a ``RUNNERS`` entry and a trainer on the engine's epoch loop (see :mod:`sekd.distill`).
 
 The teacher is frozen, so its outputs are a function of the input alone. ``prepare`` runs it once
 over every whole training utterance and keeps what the method reads (``CACHED``: the enhanced

@@ -32,6 +32,13 @@ learnable-sigmoid slopes keep their init of 1), so a CPU-sized budget fine-tunes
 instead of leaving a random one (the official code trains from scratch: ``init: scratch``).
 STOI/ESTOI targets are an extension: the official SE code has no STOI target.
 
+This module is over 500 lines because :class:`OKDTrainer` is one state machine: its generator
+phase, discriminator phase, replay, validation and checkpoint hooks share the generators, the
+discriminator, the noisy-score cache and the history; split across modules they would only pass
+that state back and forth. What stands alone lives elsewhere: metric targets in
+:mod:`sekd.metrics.targets`, the GAN losses in :mod:`sekd.losses.metricgan`, the replay history in
+:mod:`sekd.distill.okd_history`, the loop, checkpoint and outputs in :mod:`sekd.engine`.
+
 Cost. The discriminator dominates: on a 1 s crop at hop 128 (126 x 257 bins) a D step takes about
 0.65 s of one CPU core and a generator step (D forward, backward to its input) about 0.4 s. An
 epoch makes ``N * n`` generator steps and ``5 n + int(hist_portion * H)`` D steps (``n`` utterances,
