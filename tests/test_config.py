@@ -197,3 +197,20 @@ def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "invalid key 'synth.rt60': low 0.8 > high 0.3" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["distill"].update(methods=["toy"]), "'distill.methods': 'toy' has no section"),
+        (lambda c: c["distill"].update(methods=["seeds"]), "'seeds' has no section"),
+        (lambda c: c["tune"].update(methods=["okd"]), "'tune.methods': 'okd' has no section"),
+        (lambda c: c["tune"].update(methods=["train"]), "'train' has no section"),
+    ],
+)
+def test_method_lists_name_sections_no_hand_kept_list(change, message):
+    """A method's name is valid because its section exists (and its schema entry validates it)."""
+    cfg = load_params(REPO / "params.yaml")
+    change(cfg)
+    with pytest.raises(SekdError, match=message):
+        validate_params(cfg)

@@ -87,7 +87,26 @@ def _check_ranges(
             other = sub.get("x-at-most")
             if other in cfg and value > cfg[other]:
                 errors.append((where, f"{value} is greater than {other} ({cfg[other]})"))
+            if "x-names-siblings" in sub:
+                errors += _unknown_siblings(value, cfg, sub["x-names-siblings"], where)
             _check_ranges(value, sub, root, where, errors)
+
+
+def _unknown_siblings(names: list, cfg: dict, marker: dict, where: str) -> list[tuple[str, str]]:
+    """A list marked ``x-names-siblings`` (``distill.methods``, ``tune.methods``) names mapping
+    sections next to it (other than ``except``), each of which the schema validates. So a method's
+    section and schema entry are what make its name valid; no list of names is kept."""
+    sections = sorted(
+        key
+        for key, value in cfg.items()
+        if isinstance(value, dict) and key not in marker.get("except", [])
+    )
+    parent = where.rsplit(".", 1)[0]
+    return [
+        (where, f"{name!r} has no section '{parent}.{name}' (sections: {', '.join(sections)})")
+        for name in names
+        if name not in sections
+    ]
 
 
 def _check_space(cfg: dict, root: dict, errors: list[tuple[str, str]]) -> None:
