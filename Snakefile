@@ -24,8 +24,8 @@ rule all:
         [phase_outputs(phase) for phase in PHASES],
 
 
-# One target per DVC stage (dvc.yaml runs `snakemake ... phase_<stage>`; tests/test_workflow.py checks
-# that both agree).
+# One target per DVC stage (dvc.yaml runs `snakemake ... phase_<stage>`; tests/test_dag_agreement.py
+# checks that both agree). phase_tune and phase_distill hold every method; DVC runs them per method.
 rule phase_corpus:
     input:
         phase_outputs("corpus"),
@@ -49,6 +49,18 @@ rule phase_tune:
 rule phase_distill:
     input:
         phase_outputs("distill"),
+
+
+# DVC's foreach stages `<phase>@<method>` (one per method in tune.methods / distill.methods) run
+# these: one target per method, generated from the params lists.
+for _phase, _methods in PER_METHOD_PHASES.items():
+    for _method in _methods:
+
+        rule:
+            name: f"phase_{_phase}_{_method}"
+            localrule: True
+            input:
+                phase_outputs(_phase, _method),
 
 
 rule phase_evaluate:

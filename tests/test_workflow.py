@@ -79,7 +79,11 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
     )
     try:
         status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
-        assert set(status) == {"train", "tune", "distill"}  # later stages follow their outs
+        params = yaml.safe_load((dvc_run / "params.yaml").read_text())
+        per_method = {
+            f"{phase}@{m}" for phase in ("tune", "distill") for m in params[phase]["methods"]
+        }
+        assert set(status) == {"train", *per_method}  # later stages follow their outs
         jobs = planned_jobs(dvc_run)
         students = {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
         personal = {"adapt", "evaluate_personal", "personal_table"}  # adapt.student is nokd-0
@@ -111,6 +115,8 @@ def test_teacher_param_change_keeps_the_no_kd_students(dvc_run: Path) -> None:
 def test_one_method_weight_change_retrains_only_that_method(dvc_run: Path) -> None:
     change_params(dvc_run, lambda p: p["distill"]["dfkd"].update(weight=2.0))
     try:
+        status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
+        assert set(status) == {"tune@dfkd", "distill@dfkd"}  # per-method stages, own params
         jobs = planned_jobs(dvc_run)
         retune = {"tune_worker": 1, "tune_select": 1}  # dfkd is tuned: its study starts anew
         rest = {"evaluate": 1, "comparison_table": 1, "report": 1, "all": 1}

@@ -1,4 +1,4 @@
-# Phase 4: zero-shot personalisation. For each held-out test speaker, the student named by
+# Phase 8: zero-shot personalisation. For each held-out test speaker, the student named by
 # adapt.student is fine-tuned on the speaker's noisy adaptation set with the frozen teacher's outputs
 # as targets, then teacher, un-adapted and personalised student are scored on the speaker's
 # held-out test set. The speakers are known once synthesis has run (a checkpoint). A speaker's jobs

@@ -21,8 +21,11 @@ CHECKPOINTS = config["paths"]["checkpoints"]
 SPLITS = ["train", "valid", "test"]
 TEACHER = f"{MODELS}/teacher/{config['teacher']['name']}"
 STUDENT_SEEDS = config["student"]["seeds"]
+# The method lists come from params only (no rule names a method): a new method is its module,
+# its params section and its schema entry.
 DISTILL_METHODS = config["distill"]["methods"]
 DISTILL_SEEDS = config["distill"]["seeds"]
+TUNE_METHODS = config["tune"]["methods"]
 
 
 def sections(*names):
@@ -91,29 +94,35 @@ def systems():
 
 # Local scheduling: Snakemake starts the ready job of highest priority first. Jobs that others wait
 # on go first (synthesis takes every core and feeds everything; the teacher is the longest job and
-# gates all KD; the no-KD students gate OKD/MetricGAN+ and adaptation; a tuning study gates its
-# method's students), evaluations (leaves, ~20 s each) last, so a run ends on many short jobs.
+# gates all KD; the no-KD students gate adaptation and the methods with `init: nokd`; a tuning study
+# gates its method's students), evaluations (leaves, ~20 s each) last, so a run ends on many short
+# jobs.
 PRIORITY = {"synth": 100, "teacher": 50, "nokd": 40, "tune": 10, "distill": 5}
 
 
 PHASES = ["corpus", "synth", "train", "tune", "distill", "evaluate", "adapt", "report"]
+# Phases that DVC splits into one `foreach` stage per method (`<phase>@<method>`, running the target
+# `phase_<phase>_<method>` that the Snakefile defines for each method of these lists).
+PER_METHOD_PHASES = {"tune": TUNE_METHODS, "distill": DISTILL_METHODS}
 PERSONAL_TABLE = ["metrics.json", "table.md", "table.csv", "gains.png"]
 
 
-def phase_outputs(phase):
-    """Outputs owned by each phase (= DVC stage outs)."""
+def phase_outputs(phase, method=None):
+    """Outputs owned by each phase (= DVC stage outs); ``method``: only that method's share of a
+    per-method phase (= the outs of DVC stage ``<phase>@<method>``)."""
+    if method is not None:
+        return {
+            "tune": [f"{RESULTS}/tune/{method}/{name}" for name in ("best.yaml", "history.png")],
+            "distill": [student_dir(method, seed) for seed in DISTILL_SEEDS],
+        }[phase]
     outputs = {
         "corpus": [f"{DATA}/corpus", f"{DATA}/noise"],
         "synth": [*(f"{DATA}/mixtures/{split}" for split in SPLITS), f"{DATA}/personal"],
         # the teacher and the no-KD baselines learn from labels alone: one stage, so DVC runs the
         # students beside the teacher instead of leaving a core idle behind it
         "train": [TEACHER, *(student_dir("nokd", seed) for seed in STUDENT_SEEDS)],
-        "tune": [
-            f"{RESULTS}/tune/{method}/{name}"
-            for method in config["tune"]["methods"]
-            for name in ("best.yaml", "history.png")
-        ],
-        "distill": [student_dir(m, seed) for m in DISTILL_METHODS for seed in DISTILL_SEEDS],
+        "tune": [path for m in TUNE_METHODS for path in phase_outputs("tune", m)],
+        "distill": [path for m in DISTILL_METHODS for path in phase_outputs("distill", m)],
         "evaluate": [
             *(f"{RESULTS}/eval/{name}" for name in systems()),
             *(f"{RESULTS}/{name}" for name in ("metrics.json", "table.md", "table.csv")),

@@ -1,4 +1,5 @@
-# Phase 1: corpus and noise (phase_corpus), then reverberant mixtures (phase_synth).
+# Phases 1-2 (README): 1. corpus and noise (phase_corpus); 2. reverberant mixtures and the
+# per-speaker personal sets (phase_synth).
 
 # Every synthesis job takes all cores, so one left waiting behind a 1-core job (the teacher) would
 # idle a core for the whole of that job: synthesis goes first (PRIORITY in common.smk).

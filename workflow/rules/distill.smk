@@ -1,9 +1,10 @@
-# Phase 3: distilled students, one job per method x seed, all with the student architecture, data
-# and epochs of the no-KD baseline and the same frozen teacher.
+# Phase 6: distilled students, one job per method x seed (DVC stage distill@<method> per method in
+# distill.methods), all with the student architecture, data and epochs of the no-KD baseline and the
+# same frozen teacher.
 
 
 def distill_init(wildcards):
-    """MetricGAN-family students with ``init: nokd`` start from the no-KD student of their seed."""
+    """A method whose config says ``init: nokd`` starts from the no-KD student of its seed."""
     method_cfg = config["distill"][wildcards.method]
     if method_cfg.get("init", "scratch") == "nokd":
         return {"init": student_dir("nokd", wildcards.seed)}

@@ -1,4 +1,4 @@
-# Phase 5: score every system on the test split, then the comparison table (DVC metrics).
+# Phase 7: score every system on the test split, then the comparison table (DVC metrics).
 
 
 def system_model(wildcards):

@@ -1,4 +1,5 @@
-# Evaluation, last step: the self-contained HTML report (results/report/index.html) of every phase.
+# After phase 8 (DVC stage report): the self-contained HTML report (results/report/index.html)
+# of every phase.
 
 
 rule report:

@@ -1,5 +1,5 @@
-# Phase 3 (baseline): the no-KD student, trained on the task loss only, one job per seed. It is the
-# reference every distillation method is compared against.
+# Phase 4: the no-KD student baseline (DVC stage train, with phase 3), trained on the task loss
+# only, one job per seed. It is the reference every distillation method is compared against.
 
 
 rule train_student_nokd:

@@ -1,5 +1,6 @@
-# Phase 2: the teacher. Checkpoints live outside the output folder (Snakemake and DVC delete outputs
-# before a rerun), keyed by a config hash inside, so a killed job resumes where it stopped.
+# Phase 3: the teacher (DVC stage train, with phase 4). Checkpoints live outside the output folder
+# (Snakemake and DVC delete outputs before a rerun), keyed by a config hash inside, so a killed job
+# resumes where it stopped.
 
 
 rule train_teacher:

@@ -1,8 +1,7 @@
-# Optuna tuning of the KD loss weights: `tune.workers` worker jobs share one study per method in
-# `tune.methods`; tune_select writes the best values, which that method's final distillation reads
-# (so `dvc repro` rebuilds the tuned student without retuning).
+# Phase 5: Optuna tuning of the KD loss weights: `tune.workers` worker jobs share one study per
+# method in `tune.methods` (DVC stage tune@<method>); tune_select writes the best values, which that
+# method's final distillation reads (so `dvc repro` rebuilds the tuned student without retuning).
 
-TUNE_METHODS = config["tune"]["methods"]
 TUNE_WORKERS = list(range(config["tune"]["workers"]))
 
 
