@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from tiny import write_set
 
 from sekd.distill.okd import okd_config, train_okd
@@ -257,6 +258,20 @@ def test_metricgan_baseline_has_one_generator_and_no_peer_term(tiny_data, tmp_pa
     assert history["dml_g_pesq"].iloc[1] == 0.0
     assert history["loss_g_pesq"].iloc[1] == history["adv_g_pesq"].iloc[1]
     assert not (tmp_path / "out" / "generators").exists()
+
+
+def test_an_epoch_without_a_generator_step_is_never_selected(tiny_data, tmp_path):
+    """Epoch 1 trains D only: its generators are the initial weights, never a candidate."""
+    train, valid = tiny_data
+    single = {k: v for k, v in OKD.items() if k not in ("metrics", "alpha")}
+    cfg = {**single, "metric": "pesq", "epochs": 1, "samples_per_epoch": 2}
+    metrics = train_okd(STUDENT, cfg, train, valid, tmp_path / "one", tmp_path / "ck1")
+    assert metrics["best_epoch"] == 0 and metrics["updates"] == 0  # not trained at this budget
+    spec = yaml.safe_load((tmp_path / "one" / "model.yaml").read_text())
+    assert spec["extra"]["updates"] == 0
+    cfg["epochs"] = 2
+    metrics = train_okd(STUDENT, cfg, train, valid, tmp_path / "two", tmp_path / "ck2")
+    assert metrics["best_epoch"] == 2 and metrics["updates"] == 2  # one step per utterance
 
 
 def test_too_short_training_utterances_are_rejected(tiny_data, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,7 +21,7 @@ from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, write_audio, write_json
 from sekd.metrics import METRIC_KEYS
 from sekd.report import write_report
-from sekd.results import write_comparison, write_personal_table
+from sekd.results import NOT_TRAINED, write_comparison, write_personal_table
 
 CFG = {"paths": {"data": "data", "models": "models", "results": "results"}}
 SECTIONS = ("comparison", "metrics", "personal", "pareto", "examples", "dataset")
@@ -225,3 +226,34 @@ def test_partial_run_reports_missing_sections_and_missing_table_is_an_error(repo
     (results / "table.csv").unlink()
     with pytest.raises(SekdError, match=re.escape(str(results / "table.csv"))):
         write_report(tmp_path, tmp_path / "out", CFG)
+
+
+def test_a_model_its_method_never_updated_gets_no_numbers(tmp_path):
+    """The table rule: no row of numbers for weights that received no update of their method."""
+    for system, updates in {"nokd-0": 40, "metricgan-0": 0, "metricgan-1": 12}.items():
+        folder = tmp_path / "eval" / system
+        _evaluation(folder, system, 1.0, 2.0e6)
+        result = json.loads((folder / "metrics.json").read_text())
+        result["system"]["updates"] = updates
+        write_json(folder / "metrics.json", result)
+    systems = sorted((tmp_path / "eval").iterdir())
+    table = write_comparison(systems, tmp_path)
+    row = table.set_index("system").loc["metricgan"]
+    assert row["status"] == NOT_TRAINED and pd.isna(row["si_sdr"]) and row["seeds"] == 2
+    assert table.set_index("system").loc["nokd", "si_sdr"] > 0
+    assert (
+        f"| metricgan | 2 | 12,345 | 2.0 | {NOT_TRAINED} |" in (tmp_path / "table.md").read_text()
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["metricgan-0"] == {"status": NOT_TRAINED} and "si_sdr" in metrics["metricgan-1"]
+
+
+def test_two_methods_reporting_the_same_weights_are_refused(tmp_path):
+    for system in ("nokd-0", "okd-0"):
+        folder = tmp_path / "eval" / system
+        _evaluation(folder, system, 1.0, 2.0e6)
+        result = json.loads((folder / "metrics.json").read_text())
+        result["system"] |= {"updates": 4, "weights_sha256": "ab" * 32}
+        write_json(folder / "metrics.json", result)
+    with pytest.raises(SekdError, match="okd-0 and nokd-0: byte-identical weights"):
+        write_comparison(sorted((tmp_path / "eval").iterdir()), tmp_path)

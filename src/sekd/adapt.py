@@ -157,13 +157,25 @@ class AdaptTrainer(Trainer):
     def end_epoch(self, train, valid_si_sdr, train_seconds, seconds, tracker) -> None:
         floor = self.baseline_dnsmos - float(self.adapt_cfg["dnsmos_drop"])
         passed = self.last_dnsmos >= floor
-        before = (self.best_loss, self.best_epoch, self.best_state, self.bad_epochs)
+        before = (
+            self.best_loss,
+            self.best_epoch,
+            self.best_state,
+            self.bad_epochs,
+            self.best_updates,
+        )
         super().end_epoch(train, valid_si_sdr, train_seconds, seconds, tracker)
         self.history[-1].update(valid_dnsmos_ovrl=self.last_dnsmos, guard_passed=passed)
         tracker.log_metrics({"valid_dnsmos_ovrl": self.last_dnsmos}, step=self.epoch)
         self.guard_failures = 0 if passed else self.guard_failures + 1
         if not passed:  # never eligible; enough of them in a row end the run
-            self.best_loss, self.best_epoch, self.best_state, self.bad_epochs = before
+            (
+                self.best_loss,
+                self.best_epoch,
+                self.best_state,
+                self.bad_epochs,
+                self.best_updates,
+            ) = before
             stop = self.guard_failures >= int(self.adapt_cfg["guard_patience"])
             self.finished = self.finished or stop
             self.stopped_by_guard = stop
@@ -239,12 +251,13 @@ def adapt_speaker(
         "unadapted_pseudo_si_sdr": trainer.baseline_si_sdr,
         "unadapted_dnsmos_ovrl": trainer.baseline_dnsmos,
         "best_epoch": trainer.best_epoch,
+        "updates": trainer.best_updates,
         "best_pseudo_si_sdr": -trainer.best_loss,
         "best_dnsmos_ovrl": best[0]["valid_dnsmos_ovrl"] if best else trainer.baseline_dnsmos,
         "epochs_run": trainer.epoch,
         "stopped_by_guard": trainer.stopped_by_guard,
     }
-    extra = {"config_hash": trainer.hash}
+    extra = {"config_hash": trainer.hash, "updates": trainer.best_updates}
     saved = [SavedModel("", trainer.model, trainer.model_cfg, extra)]
     out_dir = write_model_dir(out_dir, saved, metrics, trainer.history)
     log_run_tail(tracker, "adapt", trainer, out_dir, metrics)

@@ -15,11 +15,13 @@ from typing import Any
 import pandas as pd
 
 from sekd.errors import SekdError
+from sekd.results import NOT_TRAINED
 from sekd.tracking import experiment_name, tracking_uri
 
 # Phases whose comparison includes another phase's runs: the no-KD baseline trains in `student`.
 PHASE_EXPERIMENTS = {"distill": ("student", "distill")}
 TEST = "test/"
+STATUS = "status"
 
 
 def _experiment_ids(client: Any, phase: str, tracking_cfg: Mapping | None) -> list[str]:
@@ -65,13 +67,17 @@ def runs_frame(
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
         system = tags.get("sekd.system")
-        if not system or system in seen or not any(k.startswith(TEST) for k in metrics):
+        untrained = tags.get("sekd.updates") == "0"  # evaluation logs no test metrics for it
+        scored = any(k.startswith(TEST) for k in metrics)
+        if not system or system in seen or not (scored or untrained):
             continue
         seen.add(system)
         seed = tags.get("sekd.seed")
         row = {"run": run.info.run_name, "method": tags.get("sekd.method", system)}
         row["seed"] = int(seed) if seed else None
-        row.update({k.removeprefix(TEST): v for k, v in metrics.items() if k.startswith(TEST)})
+        row[STATUS] = NOT_TRAINED if untrained else ""
+        if not untrained:
+            row.update({k.removeprefix(TEST): v for k, v in metrics.items() if k.startswith(TEST)})
         rows.append(row)
     if not rows:
         raise SekdError(f"MLflow: no finished run with test metrics in phase '{phase}'")
@@ -84,7 +90,10 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for method, group in runs.groupby("method", sort=False):
-        seed_means = group.drop(columns=["run", "method", "seed"]).dropna(axis=1, how="all")
+        if (group[STATUS] == NOT_TRAINED).any():  # no numbers for a model its method never trained
+            rows.append({"system": method, "seeds": len(group), STATUS: NOT_TRAINED})
+            continue
+        seed_means = group.drop(columns=["run", "method", "seed", STATUS]).dropna(axis=1, how="all")
         rows.append(method_row(method, seed_means))
     return pd.DataFrame(rows)
 

@@ -15,13 +15,17 @@ import pandas as pd
 import torch
 
 from sekd.data.manifest import read_manifest
+from sekd.engine.state import file_sha256
 from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
 from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, summarize
+from sekd.models.store import WEIGHTS
 from sekd.tracking import log_to_training_run, split_system, start_run, system_tags
 
 log = logging.getLogger(__name__)
+
+NOT_TRAINED = "not trained at this budget"
 
 
 def enhance_all(model_dir: Path, noisy: list[np.ndarray]) -> list[np.ndarray]:
@@ -64,6 +68,8 @@ def evaluate_system(
         info["dnsmos_utterances"] = int(scores[DNSMOS_SCORED].sum())
     if model_dir is not None:
         info.update(_model_info(model_dir))
+    if not is_trained(info):
+        log.warning("%s: its method never updated the selected weights: %s", system, NOT_TRAINED)
     result = {"system": info, "metrics": summary}
     with atomic_dir(out_dir) as tmp:
         scores.to_csv(tmp / "per_utterance.csv", index=False, float_format="%.6g")
@@ -77,7 +83,7 @@ def evaluate_system(
     with start_run(phase, name, params, tags, tracking_cfg) as run:
         scores = {f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]}
         run.log_metrics(scores)
-        if phase == "evaluate":
+        if phase == "evaluate" and is_trained(info):
             log_to_training_run(run, system, scores, tracking_cfg)
         run.log_artifact(out_dir / "per_utterance.csv")
         for wav in sorted((out_dir / "examples").glob("*.wav")):
@@ -90,7 +96,21 @@ def _model_info(model_dir: Path) -> dict:
     import yaml
 
     meta = yaml.safe_load((model_dir / "model.yaml").read_text())
-    return {k: meta[k] for k in ("name", "params", "macs_per_second") if k in meta}
+    info = {k: meta[k] for k in ("name", "params", "macs_per_second") if k in meta}
+    updates = (meta.get("extra") or {}).get("updates")
+    if updates is not None:
+        info["updates"] = int(updates)
+    info["weights_sha256"] = file_sha256(model_dir / WEIGHTS)
+    return info
+
+
+def is_trained(info: dict) -> bool:
+    """Whether a system's weights had at least one update of its method's loss.
+
+    The noisy input is its own system; a model folder that does not record its updates (one not
+    written by sekd's engine) is taken as trained.
+    """
+    return info.get("updates", 1) > 0
 
 
 def _one_line(summary: dict) -> str:
@@ -105,8 +125,13 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     more seeds the mean ± 95% CI is over the seeds' means; with one it is over test utterances.
     """
     results = [_read_result(folder) for folder in system_dirs]
+    _refuse_shared_weights(results)
     metrics = {
-        r["system"]["system"]: {k: round(v["mean"], 4) for k, v in r["metrics"].items() if v["n"]}
+        r["system"]["system"]: (
+            {k: round(v["mean"], 4) for k, v in r["metrics"].items() if v["n"]}
+            if is_trained(r["system"])
+            else {"status": NOT_TRAINED}
+        )
         for r in results
     }
     groups: dict[str, list[dict]] = {}
@@ -120,6 +145,23 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     return table
 
 
+def _refuse_shared_weights(results: list[dict]) -> None:
+    """Two differently named methods must not report the same weights (e.g. a method that
+    returned its initial model): that would be one model in two rows."""
+    owner: dict[str, str] = {}
+    for result in results:
+        info = result["system"]
+        digest, system = info.get("weights_sha256"), info["system"]
+        if digest is None or not is_trained(info):
+            continue
+        other = owner.setdefault(digest, system)
+        if split_system(other)[0] != split_system(system)[0]:
+            raise SekdError(
+                f"{system} and {other}: byte-identical weights (sha256 {digest[:12]}) reported as "
+                "two methods; one of them did not train its own model"
+            )
+
+
 def _read_result(folder: Path) -> dict:
     path = folder / "metrics.json"
     if not path.is_file():
@@ -129,7 +171,9 @@ def _read_result(folder: Path) -> dict:
 
 def _table_row(method: str, group: list[dict]) -> dict:
     info = group[0]["system"]
-    if len(group) > 1:
+    if not all(is_trained(r["system"]) for r in group):
+        stats = {"system": method, "seeds": len(group), "ci_over": "", "status": NOT_TRAINED}
+    elif len(group) > 1:
         seed_means = [{k: v["mean"] for k, v in r["metrics"].items() if v["n"]} for r in group]
         stats = method_row(method, pd.DataFrame(seed_means))
     else:
@@ -175,6 +219,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         macs = row.get("macs_per_second")
         macs = "" if macs is None or pd.isna(macs) else f"{macs / 1e6:.1f}"
         cells = [_mean_ci(row[k], row[f"{k}_ci95"]) for k in keys]
+        if row.get("status") == NOT_TRAINED:
+            cells = [NOT_TRAINED, *[""] * (len(keys) - 1)]
         seeds = str(row["seeds"])
         lines.append("| " + " | ".join([row["system"], seeds, params, macs, *cells]) + " |")
     note = (

@@ -196,10 +196,17 @@ class OKDTrainer(EpochLoop):
         super().__init__(checkpoint_dir, identity)
         self.rows: list[dict] = []
         self.best = [
-            {"epoch": 0, "score": -math.inf, "si_sdr": math.nan, "state": cpu_state(g)}
+            {
+                "epoch": 0,
+                "score": -math.inf,
+                "si_sdr": math.nan,
+                "updates": 0,
+                "state": cpu_state(g),
+            }
             for g in self.generators
         ]
         self.valid_input: dict[str, float] = {}
+        self.g_updates = [0] * len(self.generators)  # generator steps so far, per generator
 
     def _init_weights(self, init_weights: str | Path | None) -> Path | None:
         """The student weights to start from: required by ``init: nokd``, refused otherwise."""
@@ -268,6 +275,7 @@ class OKDTrainer(EpochLoop):
                     if self._step(parts[0], gen, self.g_optimizers[i]):
                         sums[i] += [float(p.detach()) for p in parts]
                         steps[i] += 1
+                        self.g_updates[i] += 1
         finally:
             self.disc.requires_grad_(True)
         stats = {}
@@ -288,7 +296,7 @@ class OKDTrainer(EpochLoop):
         loss.backward()
         nn.utils.clip_grad_norm_(module.parameters(), self.cfg["grad_clip"])
         optimizer.step()
-        self.count_step()
+        self.count_step(update=module is not self.disc)
         return True
 
     # ------------------------------------------------------------ discriminator phase
@@ -402,11 +410,13 @@ class OKDTrainer(EpochLoop):
             score = self._mean(pool.map(score_job, self._valid_jobs(estimates, metric)))
             si_sdr = float(evaluate_si_sdr(gen, self.valid_set, self.device).mean())
             stats.update({f"valid_{metric}": score, f"valid_si_sdr_{metric}": si_sdr})
-            if math.isfinite(score) and score >= self.best[i]["score"]:  # official: >=
+            trained = self.g_updates[i] > 0  # never select weights its loss has not updated
+            if trained and math.isfinite(score) and score >= self.best[i]["score"]:  # official >=
                 self.best[i] = {
                     "epoch": self.epoch,
                     "score": score,
                     "si_sdr": si_sdr,
+                    "updates": self.g_updates[i],
                     "state": cpu_state(gen),
                 }
         return stats
@@ -424,6 +434,7 @@ class OKDTrainer(EpochLoop):
             "noisy_scores": self.noisy_scores,
             "noisy_known": self.noisy_known,
             "history": self.history.state(),
+            "g_updates": list(self.g_updates),
         }
 
     def load_state(self, state: dict) -> None:
@@ -442,6 +453,7 @@ class OKDTrainer(EpochLoop):
         self.best, self.rows = state["best"], state["rows"]
         self.noisy_scores, self.noisy_known = state["noisy_scores"], state["noisy_known"]
         self.history.restore(state["history"])
+        self.g_updates = list(state["g_updates"])
 
     def done(self) -> bool:
         return self.epoch >= self.cfg["epochs"]
@@ -497,6 +509,7 @@ class OKDTrainer(EpochLoop):
             "method": self.method,
             "target_metrics": self.metrics,
             "best_epoch": best["epoch"],
+            "updates": best["updates"],
             f"best_valid_{metric}": best["score"],
             f"valid_input_{metric}": self.valid_input.get(metric, math.nan),
             "best_valid_si_sdr": best["si_sdr"],
@@ -506,6 +519,7 @@ class OKDTrainer(EpochLoop):
             "generators": {
                 m: {
                     "best_epoch": b["epoch"],
+                    "updates": b["updates"],
                     f"best_valid_{m}": b["score"],
                     f"valid_input_{m}": self.valid_input.get(m, math.nan),
                     "best_valid_si_sdr": b["si_sdr"],
@@ -534,6 +548,7 @@ class OKDTrainer(EpochLoop):
             extra = {
                 "config_hash": self.hash,
                 "best_epoch": best["epoch"],
+                "updates": best["updates"],
                 "method": self.method,
                 "target_metric": metric,
             }

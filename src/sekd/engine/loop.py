@@ -47,6 +47,7 @@ class EpochLoop:
         self.finished = False
         self.resumed_from = 0
         self.step_in_epoch = 0
+        self.updates = 0  # optimiser steps of the method's own loss, over the whole run
         self._stop_at = _stop_point()
 
     # ------------------------------------------------------------ hooks
@@ -74,6 +75,7 @@ class EpochLoop:
 
     def save_checkpoint(self) -> None:
         identity = {"config_hash": self.hash, "epoch": self.epoch, "finished": self.finished}
+        identity["updates"] = self.updates
         write_checkpoint(self.checkpoint, {**identity, **self.state()})
 
     def try_resume(self) -> bool:
@@ -84,13 +86,17 @@ class EpochLoop:
         self.load_state(state)
         self.epoch = self.resumed_from = state["epoch"]
         self.finished = bool(state.get("finished", False))
+        self.updates = int(state.get("updates", 0))
         set_rng_state(state["rng"])
         log.info("%s: resumed after epoch %d (config %s)", self.checkpoint, self.epoch, self.hash)
         return True
 
-    def count_step(self) -> None:
-        """Call once per optimiser step (any model): the step counter the stop point uses."""
+    def count_step(self, update: bool = True) -> None:
+        """Call once per optimiser step. ``update``: a step of the method's own loss on the model
+        it reports (not, say, a discriminator's), counted in ``updates``: the model's metadata
+        records it, and a model with none was not trained by its method."""
         self.step_in_epoch += 1
+        self.updates += int(update)
         if self._stop_at == (self.epoch, self.step_in_epoch):
             os.kill(os.getpid(), signal.SIGSTOP)
 

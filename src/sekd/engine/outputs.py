@@ -120,6 +120,7 @@ def log_run_tail(
             "checkpoint.path": str(loop.checkpoint.resolve()),
             "checkpoint.sha256": file_sha256(loop.checkpoint),
             "model.dir": str(Path(out_dir).resolve()),
+            "sekd.updates": str(metrics.get("updates", "")),
         }
     )
     for name in ARTIFACTS:

@@ -98,6 +98,7 @@ class Trainer(EpochLoop):
         )
         super().__init__(checkpoint_dir, identity)
         self.best_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.best_updates = 0  # updates that made the best weights (0: the initial weights)
         self.history: list[dict] = []
         self.best_state = cpu_state(self.model)
 
@@ -136,6 +137,7 @@ class Trainer(EpochLoop):
             "scaler": self.scaler.state_dict(),
             "best_loss": self.best_loss,
             "best_epoch": self.best_epoch,
+            "best_updates": self.best_updates,
             "bad_epochs": self.bad_epochs,
             "best_state": self.best_state,
             "history": self.history,
@@ -152,7 +154,7 @@ class Trainer(EpochLoop):
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.best_loss, self.best_epoch = state["best_loss"], state["best_epoch"]
-        self.bad_epochs = state["bad_epochs"]
+        self.bad_epochs, self.best_updates = state["bad_epochs"], state["best_updates"]
         self.best_state, self.history = state["best_state"], state["history"]
 
     def done(self) -> bool:
@@ -234,7 +236,7 @@ class Trainer(EpochLoop):
             self.scheduler.step()
         if valid_loss < self.best_loss:
             self.best_loss, self.best_epoch, self.bad_epochs = valid_loss, self.epoch, 0
-            self.best_state = cpu_state(self.model)
+            self.best_state, self.best_updates = cpu_state(self.model), self.updates
         else:
             self.bad_epochs += 1
         row = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()}}
@@ -269,6 +271,7 @@ class Trainer(EpochLoop):
         best = -self.best_loss
         return {
             "best_epoch": self.best_epoch,
+            "updates": self.best_updates,
             "best_valid_si_sdr": best,
             "valid_input_si_sdr": noisy,
             "best_valid_si_sdr_improvement": best - noisy,
@@ -332,7 +335,11 @@ def train_model(
     trainer.model.load_state_dict(trainer.best_state)
     trainer.model.eval()
     metrics = trainer.final_metrics()
-    extra = {"config_hash": trainer.hash, "best_epoch": trainer.best_epoch}
+    extra = {
+        "config_hash": trainer.hash,
+        "best_epoch": trainer.best_epoch,
+        "updates": trainer.best_updates,
+    }
     out_dir = write_model_dir(
         out_dir, [SavedModel("", trainer.model, model_cfg, extra)], metrics, trainer.history
     )
