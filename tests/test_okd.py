@@ -280,3 +280,10 @@ def test_too_short_training_utterances_are_rejected(tiny_data, tmp_path):
         train_okd(
             STUDENT, {**OKD, "segment_seconds": 0.005}, train, valid, tmp_path / "o", tmp_path
         )
+
+
+def test_the_schema_offers_exactly_the_target_metrics_the_code_computes():
+    from sekd.config import schema
+    from sekd.metrics.targets import TARGET_METRICS
+
+    assert schema()["$defs"]["okd_metric"]["enum"] == list(TARGET_METRICS)
