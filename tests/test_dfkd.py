@@ -42,12 +42,14 @@ def step_spectrum(jumps: list[int], bins: int = 16) -> torch.Tensor:
 def test_split_bin_on_hand_built_spectra():
     # a flat band then a jump at bin k: the largest relative rise of the running max is k - 1
     jumps = [3, 7, 12, 1]
-    assert split_bins(step_spectrum(jumps)).tolist() == [[2, 6, 11, 0]]
+    assert split_bins(step_spectrum(jumps), "relative").tolist() == [[2, 6, 11, 0]]
     # the running max ignores a dip; the *relative* rise decides (x3 at bin 1 < x10 at bin 3)
     frame = torch.tensor([1.0, 1.0, 3.0, 3.0, 30.0, 0.5, 40.0, 2.0])
     dip = torch.tensor([1.0, 1.0, 5.0, 2.0, 2.0, 2.0, 2.0, 2.0])
     flat = torch.ones(8)
-    assert split_bins(torch.stack([frame, dip, flat], dim=1)[None]).tolist() == [[3, 1, 0]]
+    assert split_bins(torch.stack([frame, dip, flat], dim=1)[None], "relative").tolist() == [
+        [3, 1, 0]
+    ]
     # band sums: bins 0..m (low) and m..F-1 (high); the split bin is in both
     values = (2.0 ** torch.arange(8.0))[None, :, None].expand(1, 8, 2)  # bin f holds 2^f
     low, high = band_sums(values, torch.tensor([[2, 6]]))
@@ -57,8 +59,8 @@ def test_split_bin_on_hand_built_spectra():
 def test_absolute_rise_splits_at_the_largest_step_not_the_largest_ratio():
     # a quiet bin 0 (x10 to bin 1) below a strong harmonic (x5 from bin 2 to bin 3)
     frame = torch.tensor([0.1, 1.0, 1.0, 5.0, 5.0, 4.0])[None, :, None]
-    assert split_bins(frame).tolist() == [[0]]  # relative: 9 at bin 0 beats 4 at bin 2
-    assert split_bins(frame, "absolute").tolist() == [[2]]  # absolute: 4.0 beats 0.9
+    assert split_bins(frame, "relative").tolist() == [[0]]  # relative: 9 at bin 0 beats 4 at bin 2
+    assert split_bins(frame).tolist() == [[2]]  # absolute (the default): 4.0 beats 0.9
 
 
 def test_split_from_both_uses_mean_of_teacher_and_student():

@@ -5,8 +5,9 @@ teacher's running-maximum magnitude rises most steeply; the low band is distille
 distance of complex spectra, the high band with ``beta`` cosine + ``1 - beta`` magnitude L2.
 This is the whole-band form of DISPATCH's ``dispatch_DFKD.py`` (one patch per band, no top-k
 selection). ``distill.dfkd``: ``weight`` (lambda), ``beta``, ``split_from`` (``teacher``, or
-``both``: our reading of the review), ``rise`` (``relative``, DISPATCH; or ``absolute``: the
-review's "largest slope"), ``frame_weight``, ``low_weight`` (1: DFKD; 0: the high-band-only
+``both``: our reading of the review), ``rise`` (``absolute``, the default: the only text on the
+split says "maximum slope"; or ``relative``: DISPATCH's variant, dividing by the running maximum,
+found only in that third-party reconstruction), ``frame_weight``, ``low_weight`` (1: DFKD; 0: the high-band-only
 ablation in the README), ``n_fft``, ``hop``; the schema (:mod:`sekd.config`) validates them. The
 maths lives in :mod:`sekd.losses.distill`.
 """
@@ -26,7 +27,7 @@ class DFKD(Distiller):
     """``task + weight * (low_weight * L_low + L_high)`` between student and teacher spectra."""
 
     name: ClassVar[str] = "dfkd"
-    DEFAULTS: ClassVar[dict] = {"frame_weight": "uniform", "rise": "relative", "low_weight": 1.0}
+    DEFAULTS: ClassVar[dict] = {"frame_weight": "uniform", "rise": "absolute", "low_weight": 1.0}
 
     def __init__(self, teacher: nn.Module, cfg: dict) -> None:
         super().__init__(teacher, {**self.DEFAULTS, **cfg})

@@ -13,7 +13,7 @@ Output-KD distances (``distill.output_kd.distance``) are 0 for identical signals
 - ``mrstft``: multi-resolution STFT loss (:mod:`sekd.losses.stft`).
 
 DFKD (methods.md §4, the whole-band form of DISPATCH's ``dispatch_DFKD.py``): per frame, the bin
-where the running maximum of the teacher's magnitude over frequency rises the most (relatively)
+where the running maximum of the teacher's magnitude over frequency rises the most
 splits the spectrum into a low band (cosine distance of complex spectra) and a high band
 (``beta`` cosine + ``1 - beta`` magnitude L2).
 """
@@ -102,7 +102,7 @@ def get_distance(name: str) -> Distance:
 # ---------------------------------------------------------------- DFKD
 
 
-def split_bins(magnitude: torch.Tensor, rise: str = "relative", eps: float = EPS) -> torch.Tensor:
+def split_bins(magnitude: torch.Tensor, rise: str = "absolute", eps: float = EPS) -> torch.Tensor:
     """Per-frame split bin ``[B, T]`` of a magnitude spectrogram ``[B, F, T]`` (Frequency Adapter).
 
     ``A(f) = max_{f' <= f} |S(f')|``; the split is ``argmax_f (A(f+1) - A(f)) / (A(f) + eps)``
@@ -153,7 +153,7 @@ def dfkd_terms(
     beta: float,
     split_from: str = "teacher",
     frame_weight: str = "uniform",
-    rise: str = "relative",
+    rise: str = "absolute",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L_low, L_high, split bins)`` from complex spectra ``[B, F, T]`` and a frame mask [B, T].
 
@@ -197,7 +197,7 @@ def dfkd_loss(
     beta: float,
     split_from: str = "teacher",
     frame_weight: str = "uniform",
-    rise: str = "relative",
+    rise: str = "absolute",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DFKD's ``(L_low, L_high)`` between waveforms ``[B, T]``, over each item's real frames."""
     student_spec = stft(zero_beyond(student, lengths), n_fft, hop)
