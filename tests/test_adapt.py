@@ -12,19 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from tiny import TINY_MODEL, tiny_train
 
 from sekd.adapt import adapt_speaker, noisy_only, split_rows
 from sekd.data.corpus import random_sentences, speaker_voices
 from sekd.data.espeak import synthesize
 from sekd.data.manifest import MANIFEST_COLUMNS, write_manifest
+from sekd.engine import CHECKPOINT
 from sekd.errors import SekdError
 from sekd.io import write_audio
+from sekd.losses.sisdr import neg_si_sdr_improvement, pse_sisdri_loss
 from sekd.models import build_model
 from sekd.models.gru_mask import GRUMaskNet
 from sekd.models.store import save_model
 from sekd.results import write_personal_table
 
+REPO = Path(__file__).resolve().parents[1]
 SPEECH_BAND_HZ = (200.0, 4000.0)
 
 
@@ -214,3 +218,50 @@ def test_personal_table_reports_per_speaker_gains_with_a_ci(tmp_path):
     assert (tmp_path / "out" / "gains.png").stat().st_size > 1000
     with pytest.raises(SekdError, match="speaker s1: no 'unadapted'"):
         write_personal_table([tmp_path / "eval" / "s1" / "teacher"], tmp_path / "bad")
+
+
+def _official_pse_loss(student: np.ndarray, teacher: np.ndarray, mixture: np.ndarray) -> float:
+    """The zero-shot PSE code's loss written out in float64 from its formulas (se_kd_utils.py):
+    x / (std(x) + 1e-6) for every signal; SI-SDR(ref s, est y): a = <s, y> / (|s|^2 + 1e-6),
+    10 log10(|a s|^2 / (|a s - y|^2 + 1e-6) + 1e-6); loss -mean(SISDR(t, s) - SISDR(t, x))."""
+    eps = 1e-6
+
+    def standard(x):
+        return x / (x.std(axis=1, ddof=1, keepdims=True) + eps)
+
+    def sisdr(ref, est):
+        alpha = (ref * est).sum(1, keepdims=True) / ((ref**2).sum(1, keepdims=True) + eps)
+        target = alpha * ref
+        return 10 * np.log10((target**2).sum(1) / (((target - est) ** 2).sum(1) + eps) + eps)
+
+    s, t, x = standard(student), standard(teacher), standard(mixture)
+    return float(-np.mean(sisdr(t, s) - sisdr(t, x)))
+
+
+def test_the_official_pse_loss_on_a_fixed_tensor():
+    rng = np.random.default_rng(7)
+    teacher = rng.standard_normal((3, 4000)) + 0.3  # a DC offset: the official form keeps it
+    student = teacher + 0.4 * rng.standard_normal((3, 4000))
+    mixture = teacher + 1.5 * rng.standard_normal((3, 4000))
+    got = pse_sisdri_loss(*(torch.from_numpy(a) for a in (student, teacher, mixture)))
+    assert float(got) == pytest.approx(_official_pse_loss(student, teacher, mixture), rel=1e-5)
+    zero_mean = neg_si_sdr_improvement(*(torch.from_numpy(a) for a in (student, teacher, mixture)))
+    assert abs(float(zero_mean) - float(got)) > 1e-4  # sekd's own form is a different loss
+
+
+def test_the_official_pse_recipe_runs_as_options(speaker, tmp_path):
+    """config/settings/pse.yaml's adapt section: Adam, constant lr, no clipping, official loss."""
+    setting = yaml.safe_load((REPO / "config/settings/pse.yaml").read_text())["adapt"]
+    cfg = adapt_cfg()
+    cfg["loss"] = setting["loss"]
+    cfg["train"] = {**cfg["train"], **setting["train"], "epochs": 2, "batch_size": 2}
+    root = speaker["root"]
+    metrics = adapt_speaker(
+        cfg, root / "student", root / "teacher", speaker["manifest"], tmp_path / "o", tmp_path / "c"
+    )
+    history = pd.read_csv(tmp_path / "o" / "history.csv")
+    assert history["lr"].tolist() == [5e-4, 5e-4]  # constant
+    assert metrics["last_pseudo_si_sdr"] == history["valid_si_sdr"].iloc[-1]
+    state = torch.load(tmp_path / "c" / CHECKPOINT, weights_only=True)
+    assert "amsgrad" in state["optimizer"]["param_groups"][0]  # torch's Adam
+    assert not state["optimizer"]["param_groups"][0].get("decoupled_weight_decay", False)

@@ -34,7 +34,7 @@ from sekd.distill.base import Distiller
 from sekd.engine import SavedModel, Trainer, enhance, file_sha256, log_run_tail, write_model_dir
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE
-from sekd.losses.sisdr import neg_si_sdr_improvement, si_sdr
+from sekd.losses.sisdr import neg_si_sdr_improvement, pse_sisdri_loss, si_sdr
 from sekd.models.store import WEIGHTS, read_spec
 from sekd.tracking import NullTracker
 
@@ -81,6 +81,8 @@ class PseudoTargetKD(Distiller):
         pseudo = self.teacher_output(batch)
         if self.loss == "sisdri":
             loss = neg_si_sdr_improvement(estimate, pseudo, batch["noisy"])
+        elif self.loss == "sisdri_official":
+            loss = pse_sisdri_loss(estimate, pseudo, batch["noisy"])
         else:
             loss = (estimate.float() - pseudo.float()).pow(2).mean()
         return loss, {"pseudo_si_sdr": si_sdr(estimate, pseudo).mean().detach()}
@@ -247,6 +249,7 @@ def adapt_speaker(
     trainer.fit(tracker)
     trainer.model.load_state_dict(trainer.best_state)
     best = [row for row in trainer.history if row["epoch"] == trainer.best_epoch]
+    last = trainer.history[-1] if trainer.history else None
     metrics = {
         "unadapted_pseudo_si_sdr": trainer.baseline_si_sdr,
         "unadapted_dnsmos_ovrl": trainer.baseline_dnsmos,
@@ -256,6 +259,9 @@ def adapt_speaker(
         "best_dnsmos_ovrl": best[0]["valid_dnsmos_ovrl"] if best else trainer.baseline_dnsmos,
         "epochs_run": trainer.epoch,
         "stopped_by_guard": trainer.stopped_by_guard,
+        # the official recipe reports its last epoch: shown beside the guard-selected one
+        "last_pseudo_si_sdr": last["valid_si_sdr"] if last else trainer.baseline_si_sdr,
+        "last_dnsmos_ovrl": last["valid_dnsmos_ovrl"] if last else trainer.baseline_dnsmos,
     }
     extra = {"config_hash": trainer.hash, "updates": trainer.best_updates}
     saved = [SavedModel("", trainer.model, trainer.model_cfg, extra)]

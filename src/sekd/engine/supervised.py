@@ -1,8 +1,9 @@
 """The supervised trainer: the teacher, the no-KD student and (through ``loss_fn``) the KD methods.
 
-AdamW with gradient-norm clipping; the learning rate follows ReduceLROnPlateau on the validation
-loss (factor 0.5, patience ``max(1, patience // 2)``) unless ``train.scheduler: cosine`` asks for
-cosine annealing over ``epochs``. Early stopping watches the validation loss, which is always the
+AdamW (``train.optimizer: adam`` for Adam) with gradient-norm clipping (``grad_clip: null``: none);
+the learning rate follows ReduceLROnPlateau on the validation loss (factor 0.5, patience
+``max(1, patience // 2)``) unless ``train.scheduler`` asks for ``cosine`` annealing over
+``epochs`` or a ``constant`` rate. Early stopping watches the validation loss, which is always the
 negative zero-mean SI-SDR of the model's output on the validation set's full utterances (one at a
 time, so padding never leaks into the score), whatever the training loss. Methods extend it
 through hooks: ``loss_fn(model, batch)`` (a loss-based KD method), ``make_datasets``, ``validate``
@@ -49,7 +50,8 @@ from sekd.tracking import NullTracker
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
-DEFAULTS = {"scheduler": "plateau"}  # optional train keys (the schema holds the choices)
+DEFAULTS = {"scheduler": "plateau", "optimizer": "adamw"}  # optional train keys (schema: choices)
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 def task_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -88,7 +90,7 @@ class Trainer(EpochLoop):
         prepare = getattr(self.loss_fn, "prepare", None)
         if prepare is not None:  # e.g. a distiller caching its frozen teacher's outputs
             prepare(self.train_set, self.device)
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = OPTIMIZERS[self.cfg["optimizer"]](
             self._trainable(), lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"]
         )
         self.scheduler = self._make_scheduler()
@@ -123,6 +125,8 @@ class Trainer(EpochLoop):
     def _make_scheduler(self) -> Any:
         if self.cfg["scheduler"] == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.cfg["epochs"])
+        if self.cfg["scheduler"] == "constant":
+            return torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=0.5, patience=max(1, self.cfg["patience"] // 2)
         )
@@ -213,7 +217,8 @@ class Trainer(EpochLoop):
             return float(loss), {}
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self._trainable(), self.cfg["grad_clip"])
+        if self.cfg["grad_clip"] is not None:
+            nn.utils.clip_grad_norm_(self._trainable(), self.cfg["grad_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.count_step()
