@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,12 @@ def _space(method: str, **entry) -> object:
             "tune.output_kd.space.0",
             "'student.model.conf.hiden' names no config key",
         ),
+        (
+            lambda c: c["corpus"]["demo"].update(utterances_per_speaker=20),
+            "synth.personal",
+            "every test speaker has 20 utterances (corpus.demo.utterances_per_speaker), "
+            "needs 24 (adapt 16 + test 8)",
+        ),
         (_space("dfkd", name="beta", type="float", low=0.0), "tune.dfkd.space.0.high", "required"),
         (_space("dfkd", name="rise", type="categorical"), "tune.dfkd.space.0.choices", "required"),
     ],
@@ -214,3 +221,47 @@ def test_method_lists_name_sections_no_hand_kept_list(change, message):
     change(cfg)
     with pytest.raises(SekdError, match=message):
         validate_params(cfg)
+
+
+def _librispeech_tree(root: Path, counts: dict[str, int]) -> None:
+    """``speaker/chapter/speaker-chapter-NNNN.flac``, two chapters per speaker; the files are
+    empty: validation only lists them (reading one would fail)."""
+    for speaker, count in counts.items():
+        for i in range(count):
+            chapter = f"{speaker}{i % 2}"
+            folder = root / speaker / chapter
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{speaker}-{chapter}-{i:04d}.flac").touch()
+        (root / speaker / f"{speaker}0" / f"{speaker}-{speaker}0.trans.txt").write_text("")
+
+
+def test_paper_overlay_personal_counts_are_checked_against_the_corpus(tmp_path: Path) -> None:
+    """config/paper.yaml asks 120 + 60 personal utterances per test speaker; LibriSpeech
+    train-clean-100 has ~113 per speaker: validation stops naming the speaker and the numbers."""
+    from sekd.data.corpus import assign_speakers
+
+    root = tmp_path / "train-clean-100"
+    speakers = [str(s) for s in (103, 1034, 1040, 1069, 1081, 1088, 1098)]
+    _librispeech_tree(root, dict.fromkeys(speakers, 113) | {"1183": 10})  # 1183: < min 40
+    split = {"train": 3, "valid": 1, "test": 1, "babble": 1, "seed": 0}
+    overlay = tmp_path / "here.yaml"
+    overlay.write_text(yaml.safe_dump({"corpus": {"folder": {"root": str(root)}}, "split": split}))
+    files = [REPO / "params.yaml", REPO / "config/paper.yaml", overlay]
+    (test,) = assign_speakers(speakers, split)["test"]  # as `sekd synth` will deal them
+    why = f"test speaker {test} has 113 utterances, needs 180 (adapt 120 + test 60)"
+    with pytest.raises(SekdError, match=rf"invalid key 'synth.personal': {re.escape(why)}$"):
+        load_params(*files)
+    proc = subprocess.run(
+        [BIN / "sekd", "validate", *(a for f in files for a in ("--params", str(f)))],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and why in proc.stdout + proc.stderr
+
+    _librispeech_tree(root, {test: 180})  # only the test speaker needs them
+    assert load_params(*files)["corpus"]["folder"]["root"] == str(root)
+
+    split["test"] = 3  # 3 + 1 + 3 + 1 > the 7 speakers with 40 or more files
+    overlay.write_text(yaml.safe_dump({"corpus": {"folder": {"root": str(root)}}, "split": split}))
+    with pytest.raises(SekdError, match=r"invalid key 'split': needs 8 speakers but .* has 7 with"):
+        load_params(*files)

@@ -15,6 +15,7 @@ from scipy.signal import resample_poly, welch
 from sekd.data.corpus import (
     assign_speakers,
     build_corpus,
+    folder_utterance_counts,
     load_speakers,
     load_utterances,
     speaker_voices,
@@ -216,6 +217,12 @@ def test_folder_corpus_librispeech_and_vctk_layouts(tmp_path, clips, caplog):
         table = build_corpus(folder_cfg(root, min_utterances=2), tmp_path / "index", workers=2)
     assert sorted(table.speaker.unique()) == ["103", "1034", "p225"]  # ids stay strings
     assert table.groupby("speaker").size().to_dict() == {"103": 3, "1034": 3, "p225": 3}
+    # what config validation counts (a listing, no audio read) is what the index holds
+    assert folder_utterance_counts(folder_cfg(root, min_utterances=2)) == {
+        "103": 3,
+        "1034": 3,
+        "p225": 3,
+    }
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in table.path)
     assert not list((tmp_path / "index").rglob("*.wav"))  # nothing copied
     row = table[table.utterance == "p225_002"].iloc[0]
@@ -246,6 +253,7 @@ def test_folder_corpus_flat_voicebank_layout_and_cap(tmp_path, clips):
     cfg = folder_cfg(root, min_utterances=2, max_utterances=3)
     table = build_corpus(cfg, tmp_path / "a", workers=1)
     assert table.groupby("speaker").size().to_dict() == {"p226": 3, "p287": 3}
+    assert folder_utterance_counts(cfg) == {"p226": 3, "p287": 3}  # the cap counts as indexed
     again = build_corpus(cfg, tmp_path / "b", workers=1)
     assert list(again.utterance) == list(table.utterance)  # the cap is deterministic
 

@@ -4,8 +4,9 @@ The JSON schema (``schemas/params.schema.yaml``, also at ``workflow/schemas/``) 
 type, range and choice list; code reads the validated config and checks none of it again. What JSON
 Schema cannot express is checked here, and only here: ``[low, high]`` pairs marked ``x-range: true``
 must be ordered, a number marked ``x-at-most: <key>`` must not exceed its sibling ``<key>``, the
-speaker split must fit the corpus, and every bound and choice of a ``tune.<method>.space`` must be a
-value the key it names accepts (a trial's config is the validated one with those values in).
+speaker split and every test speaker's personal sets must fit the corpus, and every bound and
+choice of a ``tune.<method>.space`` must be a value the key it names accepts (a trial's config is
+the validated one with those values in).
 """
 
 from __future__ import annotations
@@ -142,6 +143,63 @@ def _check_space(cfg: dict, root: dict, errors: list[tuple[str, str]]) -> None:
                     break
 
 
+def _check_corpus_fits(cfg: dict) -> list[tuple[str, str]]:
+    """The split needs no more speakers than the corpus has, and every test speaker has the
+    ``synth.personal`` adapt + test utterances (drawn without repeats from that speaker's own).
+
+    The demo corpus is checked from its config; a folder corpus by listing its files, named and
+    filtered as ``sekd corpus`` will (no audio is read), when its root exists (issue 19 wants a
+    missing root to fail here too).
+    """
+    corpus, split, personal = cfg["corpus"], cfg["split"], cfg["synth"]["personal"]
+    needed = sum(split[k] for k in ("train", "valid", "test", "babble"))
+    need = personal["adapt"] + personal["test"]
+    why = f"needs {need} (adapt {personal['adapt']} + test {personal['test']})"
+    if corpus["source"] == "demo":
+        speakers, per_speaker = corpus["demo"]["speakers"], corpus["demo"]["utterances_per_speaker"]
+        if needed > speakers:
+            return [("split", f"needs {needed} speakers but corpus.demo.speakers is {speakers}")]
+        if per_speaker < need:
+            return [
+                (
+                    "synth.personal",
+                    f"every test speaker has {per_speaker} utterances "
+                    f"(corpus.demo.utterances_per_speaker), {why}",
+                )
+            ]
+        return []
+    root = corpus["folder"]["root"]
+    if corpus["source"] != "folder" or not root or not Path(root).expanduser().is_dir():
+        return []
+    from sekd.data.corpus import assign_speakers, folder_utterance_counts
+
+    try:
+        counts = folder_utterance_counts(corpus)
+    except SekdError as err:
+        key, _, message = str(err).partition(": ")
+        return [(key, message)] if key.startswith("corpus.") else [("corpus.folder.root", str(err))]
+    if needed > len(counts):
+        return [
+            (
+                "split",
+                f"needs {needed} speakers but {root} has {len(counts)} with "
+                f"corpus.folder.min_utterances ({corpus['folder']['min_utterances']}) or more files",
+            )
+        ]
+    short = [s for s in assign_speakers(list(counts), split)["test"] if counts[s] < need]
+    if not short:
+        return []
+    more = f"; {len(short)} of {split['test']} test speakers have too few" if len(short) > 1 else ""
+    cap = corpus["folder"]["max_utterances"]
+    capped = f" (corpus.folder.max_utterances {cap})" if cap is not None and cap < need else ""
+    return [
+        (
+            "synth.personal",
+            f"test speaker {short[0]} has {counts[short[0]]} utterances{capped}, {why}{more}",
+        )
+    ]
+
+
 def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
     """Validate ``cfg`` in place of a run; raise a one-line :class:`SekdError` naming the key."""
     sch = schema()
@@ -153,13 +211,8 @@ def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
     problems: list[tuple[str, str]] = []
     _check_ranges(cfg, sch, sch, "", problems)
     _check_space(cfg, sch, problems)
-    split = cfg["split"]
-    needed = sum(split[k] for k in ("train", "valid", "test", "babble"))
-    if cfg["corpus"]["source"] == "demo" and needed > cfg["corpus"]["demo"]["speakers"]:
-        speakers = cfg["corpus"]["demo"]["speakers"]
-        problems.append(
-            ("split", f"needs {needed} speakers but corpus.demo.speakers is {speakers}")
-        )
+    if not problems:
+        problems += _check_corpus_fits(cfg)
     if problems:
         key, message = problems[0]
         raise SekdError(f"{source}: invalid key '{key}': {message}")

@@ -273,13 +273,11 @@ def log_formats(formats: list[str], paths: list[Path], what: str) -> None:
             )
 
 
-def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame:
-    """Index a real corpus laid out as speaker folders (``cfg`` is ``params['corpus']``).
+def folder_speaker_files(cfg: dict) -> tuple[Path, dict[str, list[Path]]]:
+    """The folder corpus's root and the files it indexes per speaker, by name only (no audio read).
 
-    Speaker = first folder below ``corpus.folder.root`` (LibriSpeech ``spk/chapter/*.flac``,
-    VCTK ``wav48/p225/*.wav`` with root ``wav48``), or the ``<speaker>_`` prefix of files lying
-    directly in the root (VoiceBank-DEMAND ``clean_trainset_wav/p226_001.wav``). Every kept file is
-    read once to validate it; the index stores absolute paths and no audio is copied.
+    ``cfg`` is ``params['corpus']``. Speakers with fewer than ``min_utterances`` files are dropped
+    (logged); ``max_utterances`` keeps a stable, chapter-spreading selection per speaker.
     """
     folder = cfg["folder"]
     root = Path(folder["root"]).expanduser().resolve() if folder["root"] else None
@@ -303,6 +301,24 @@ def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFra
             s: sorted(sorted(paths, key=lambda p: _stable_order(p, root))[:cap])
             for s, paths in kept.items()
         }
+    return root, kept
+
+
+def folder_utterance_counts(cfg: dict) -> dict[str, int]:
+    """Utterances per speaker that ``sekd corpus`` will index from the folder corpus, by speaker;
+    cheap (a file listing, no audio read), so config validation can check them before any job."""
+    return {speaker: len(paths) for speaker, paths in folder_speaker_files(cfg)[1].items()}
+
+
+def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFrame:
+    """Index a real corpus laid out as speaker folders (``cfg`` is ``params['corpus']``).
+
+    Speaker = first folder below ``corpus.folder.root`` (LibriSpeech ``spk/chapter/*.flac``,
+    VCTK ``wav48/p225/*.wav`` with root ``wav48``), or the ``<speaker>_`` prefix of files lying
+    directly in the root (VoiceBank-DEMAND ``clean_trainset_wav/p226_001.wav``). Every kept file is
+    read once to validate it; the index stores absolute paths and no audio is copied.
+    """
+    root, kept = folder_speaker_files(cfg)
     rows = [{"speaker": s, "path": p} for s, paths in kept.items() for p in paths]
     paths = [r["path"] for r in rows]
     log.info("corpus: validating %d files of %d speakers in %s", len(rows), len(kept), root)
