@@ -30,6 +30,9 @@ the noisy-score cache stays valid) to make the demo affordable on a CPU; ``init:
 every generator from the no-KD student of the same seed (its GRU and mask projection; the
 learnable-sigmoid slopes keep their init of 1), so a CPU-sized budget fine-tunes a working student
 instead of leaving a random one (the official code trains from scratch: ``init: scratch``).
+``generator: official`` swaps the student's GRU for the official BLSTM generator
+(:mod:`sekd.models.metricgan_blstm`, Hamming 512/256), each generator from its own seed, from scratch
+only; ``select: pesq`` selects every generator by validation PESQ, as the official code does.
 STOI/ESTOI targets are an extension: the official SE code has no STOI target.
 
 This module is over 500 lines because :class:`OKDTrainer` is one state machine: its generator
@@ -83,6 +86,7 @@ from sekd.metrics.targets import score_job
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters, macs_per_second
 from sekd.models.metricgan import MetricDiscriminator, MetricGANGRU
+from sekd.models.metricgan_blstm import MetricGANBLSTM
 from sekd.models.store import WEIGHTS, load_weights
 from sekd.parallel import WorkerPool
 from sekd.tracking import NullTracker
@@ -90,11 +94,17 @@ from sekd.tracking import NullTracker
 log = logging.getLogger(__name__)
 
 GENERATOR_MODEL = "metricgan_gru"
+OFFICIAL_MODEL = "metricgan_blstm"  # generator: official (SE/model.py, SE/signal_processing.py)
+OFFICIAL_CONF = {"hidden": 200, "layers": 2, "fc": 300, "dropout": 0.1, "n_fft": 512, "hop": 256}
 STUDENT_MODELS = ("gru_mask", GENERATOR_MODEL)
 HISTORY_DIR = "history"
 GENERATORS_DIR = "generators"
 DEFAULTS: dict[str, Any] = {"segment_seconds": None, "valid_utterances": None, "init": "scratch"}
 GENERATOR_ONLY_KEYS = ("activation.slope",)  # MetricGAN's learnable-sigmoid slopes (init 1)
+# Optional keys left out of the canonical config when at their default, so that a config without
+# them keeps its identity hash (and its outputs) byte for byte.
+OPTIONAL_DEFAULTS: dict[str, str] = {"generator": "student", "select": "own"}
+Generator = MetricGANGRU | MetricGANBLSTM
 
 
 # ---------------------------------------------------------------- configuration
@@ -104,17 +114,30 @@ def okd_config(cfg: dict) -> dict:
     """Canonical trainer config from a validated ``distill.okd`` or ``distill.metricgan``.
 
     ``metricgan`` (a single ``metric``, no ``alpha``) becomes ``metrics: [metric]``, ``alpha: 0``;
-    optional keys get their defaults. The result is part of the job's identity hash.
+    optional keys get their defaults (``generator``/``select`` are dropped when at theirs). The
+    result is part of the job's identity hash. ``generator: official`` with ``init: nokd`` is refused.
     """
     out = {**DEFAULTS, **cfg}
+    section = "distill.metricgan" if "metric" in out else "distill.okd"
+    for key, default in OPTIONAL_DEFAULTS.items():
+        if out.get(key) == default:
+            del out[key]
+    if out.get("generator") == "official" and out["init"] == "nokd":
+        raise SekdError(
+            f"{section}.init: nokd, but {section}.generator: official is the official BLSTM, "
+            "which has no no-KD student to start from; use init: scratch"
+        )
     if "metric" in out:
         out["metrics"], out["alpha"] = [out.pop("metric")], 0.0
     out["metrics"] = list(out["metrics"])
     return out
 
 
-def generator_config(student_model_cfg: dict, min_mask: float) -> dict:
-    """The student's GRU conf under the MetricGAN output stage (``metricgan_gru``)."""
+def generator_config(student_model_cfg: dict, min_mask: float, generator: str = "student") -> dict:
+    """The student's GRU conf under the MetricGAN output stage (``metricgan_gru``), or with
+    ``generator: official`` the official BLSTM (``metricgan_blstm``), whatever the student is."""
+    if generator == "official":
+        return {"name": OFFICIAL_MODEL, "conf": {**OFFICIAL_CONF, "min_mask": float(min_mask)}}
     if student_model_cfg.get("name") not in STUDENT_MODELS:
         raise SekdError(
             f"student.model.name: {student_model_cfg.get('name')!r}; MetricGAN generators share "
@@ -164,10 +187,12 @@ class OKDTrainer(EpochLoop):
         set_threads(threads)
         seed_everything(self.seed)
         self.device = pick_device()
-        self.model_cfg = generator_config(student_model_cfg, self.cfg["min_mask"])
-        self.generators: list[MetricGANGRU] = [
-            build_model(GENERATOR_MODEL, self.model_cfg["conf"]).to(self.device)
-            for _ in self.metrics
+        self.official = self.cfg.get("generator") == "official"
+        self.model_cfg = generator_config(
+            student_model_cfg, self.cfg["min_mask"], self.cfg.get("generator", "student")
+        )
+        self.generators: list[Generator] = [
+            self._build_generator(i) for i in range(len(self.metrics))
         ]
         init_weights = self._init_weights(init_weights)
         for generator in self.generators:
@@ -207,6 +232,14 @@ class OKDTrainer(EpochLoop):
         ]
         self.valid_input: dict[str, float] = {}
         self.g_updates = [0] * len(self.generators)  # generator steps so far, per generator
+
+    def _build_generator(self, i: int) -> Generator:
+        """Generator ``i``. ``generator: official``: built right after ``torch.manual_seed(seed *
+        1000 + i)``, so every generator (and every seed) starts from its own weights, as separate
+        official runs would; the student GRU keeps today's draw from the one seeded stream."""
+        if self.official:
+            torch.manual_seed(self.seed * 1000 + i)
+        return build_model(self.model_cfg["name"], self.model_cfg["conf"]).to(self.device)
 
     def _init_weights(self, init_weights: str | Path | None) -> Path | None:
         """The student weights to start from: required by ``init: nokd``, refused otherwise."""
@@ -301,7 +334,7 @@ class OKDTrainer(EpochLoop):
 
     # ------------------------------------------------------------ discriminator phase
 
-    def current_set(self, generator: MetricGANGRU, chosen: list[int], pool: WorkerPool) -> list:
+    def current_set(self, generator: Generator, chosen: list[int], pool: WorkerPool) -> list:
         """Enhance ``chosen`` with ``generator``; true normalised scores of all N metrics."""
         generator.eval()
         audio = []
@@ -391,6 +424,10 @@ class OKDTrainer(EpochLoop):
         values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else math.nan
 
+    def _pesq(self, estimates: Sequence[np.ndarray], pool: WorkerPool) -> float:
+        """Mean wide-band PESQ of ``estimates`` on the validation subset (``select: pesq``)."""
+        return self._mean(pool.map(score_job, self._valid_jobs(estimates, "pesq")))
+
     def valid_inputs(self, pool: WorkerPool) -> None:
         """Each target metric of the unprocessed validation inputs (the baseline, computed once)."""
         noisy = [self.valid_set.noisy[i] for i in self.valid_subset]
@@ -400,8 +437,10 @@ class OKDTrainer(EpochLoop):
             )
 
     def validate(self, pool: WorkerPool) -> dict:
-        """Each generator's own target metric on the validation subset; keep each one's best."""
+        """Each generator's own target metric on the validation subset; keep each one's best by
+        it (``select: own``) or, with ``select: pesq`` (official), by validation PESQ."""
         stats = {}
+        by_pesq = self.cfg.get("select") == "pesq"
         for i, (gen, metric) in enumerate(zip(self.generators, self.metrics, strict=True)):
             gen.eval()
             estimates = [
@@ -410,8 +449,13 @@ class OKDTrainer(EpochLoop):
             score = self._mean(pool.map(score_job, self._valid_jobs(estimates, metric)))
             si_sdr = float(evaluate_si_sdr(gen, self.valid_set, self.device).mean())
             stats.update({f"valid_{metric}": score, f"valid_si_sdr_{metric}": si_sdr})
+            key, best_key = score, self.best[i]["score"]
+            if by_pesq:
+                key = score if metric == "pesq" else self._pesq(estimates, pool)
+                best_key = self.best[i].get("pesq", -math.inf)
+                stats[f"valid_pesq_{metric}"] = key
             trained = self.g_updates[i] > 0  # never select weights its loss has not updated
-            if trained and math.isfinite(score) and score >= self.best[i]["score"]:  # official >=
+            if trained and math.isfinite(key) and key >= best_key:  # official >=
                 self.best[i] = {
                     "epoch": self.epoch,
                     "score": score,
@@ -419,6 +463,8 @@ class OKDTrainer(EpochLoop):
                     "updates": self.g_updates[i],
                     "state": cpu_state(gen),
                 }
+                if by_pesq:
+                    self.best[i]["pesq"] = key
         return stats
 
     # ------------------------------------------------------------ checkpoint hooks
@@ -505,7 +551,7 @@ class OKDTrainer(EpochLoop):
         """Validation summary of the reported student (generator 0 at its best epoch) and peers."""
         best, metric = self.best[0], self.metrics[0]
         noisy_si_sdr = input_si_sdr(self.valid_set)
-        return {
+        out = {
             "method": self.method,
             "target_metrics": self.metrics,
             "best_epoch": best["epoch"],
@@ -535,6 +581,11 @@ class OKDTrainer(EpochLoop):
             "config_hash": self.hash,
             "device": str(self.device),
         }
+        if self.cfg.get("select") == "pesq":  # absent with select: own (outputs unchanged)
+            out["selected_by"] = "pesq"
+            for m, b in zip(self.metrics, self.best, strict=True):
+                out["generators"][m]["best_valid_pesq"] = b.get("pesq", math.nan)
+        return out
 
     def write_outputs(self, out_dir: Path) -> dict:
         """Best weights of every generator; generator 0 is the student, the others go under
@@ -597,7 +648,7 @@ def train_okd(
         "%s: %d generator(s) %s for %s on %s, %d train / %d valid utterances, config %s",
         trainer.method,
         len(trainer.metrics),
-        GENERATOR_MODEL,
+        trainer.model_cfg["name"],
         "/".join(trainer.metrics),
         trainer.device,
         len(trainer.train_set),
@@ -623,6 +674,7 @@ def train_okd(
 
 __all__ = [
     "GENERATOR_MODEL",
+    "OFFICIAL_MODEL",
     "OKDTrainer",
     "fixed_crop",
     "generator_config",

@@ -15,11 +15,13 @@ from sekd.errors import SekdError
 from sekd.models.convtasnet import ConvTasNet
 from sekd.models.gru_mask import GRUMaskNet
 from sekd.models.metricgan import MetricGANGRU
+from sekd.models.metricgan_blstm import MetricGANBLSTM
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "gru_mask": GRUMaskNet,
     "convtasnet": ConvTasNet,
     "metricgan_gru": MetricGANGRU,
+    "metricgan_blstm": MetricGANBLSTM,  # the official MetricGAN-OKD generator
 }
 
 
@@ -55,4 +57,12 @@ def build_model(name: str, conf: dict | None = None) -> nn.Module:
     return _factory(name)(**conf)
 
 
-__all__ = ["MODELS", "ConvTasNet", "GRUMaskNet", "MetricGANGRU", "build_model", "conf_keys"]
+__all__ = [
+    "MODELS",
+    "ConvTasNet",
+    "GRUMaskNet",
+    "MetricGANBLSTM",
+    "MetricGANGRU",
+    "build_model",
+    "conf_keys",
+]
