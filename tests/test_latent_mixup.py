@@ -165,6 +165,174 @@ def test_zero_lambda_reduces_the_mixed_decode_to_the_adapted_student_path():
         assert torch.allclose(param.grad, grad, rtol=1e-4, atol=1e-7)
 
 
+# ---------------------------------------------------------------- split depth and student decoder
+
+
+def two_layer_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    return gru(24, layers=2), gru(8, layers=2)
+
+
+def grads_of(loss: torch.Tensor, model: torch.nn.Module) -> set[str]:
+    """Names of ``model``'s parameters that ``loss`` depends on."""
+    names, params = zip(
+        *[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True
+    )
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return {n for n, g in zip(names, grads, strict=True) if g is not None and g.abs().sum() > 0}
+
+
+def test_split_after_gru_layer_1_leaves_a_gru_layer_in_the_decoder():
+    model = gru(8, layers=2).eval()
+    assert model.split_layers == 2
+    wave = torch.randn(3, 4001)
+    latent, context = model.encode(wave, split=1)
+    # the encoder is GRU layer 1 alone: a one-layer GRU with layer 1's weights gives its latent
+    first = torch.nn.GRU(model.bins, 8, num_layers=1, batch_first=True)
+    first.load_state_dict({k: v for k, v in model.gru.state_dict().items() if k.endswith("_l0")})
+    assert torch.equal(latent, first(model.features(context.spec))[0])
+    assert not torch.allclose(latent, model.encode(wave)[0])  # not the stack's output
+    # ...and the decoder still runs GRU layer 2 before the mask head: the split is exact
+    assert torch.equal(model.decode(latent, context, split=1), model(wave))
+    assert not torch.allclose(model.decode(latent, context), model(wave))  # head alone differs
+    latent = latent.detach().requires_grad_(True)
+    decoder = grads_of(model.decode(latent, context, split=1).pow(2).sum(), model)
+    assert decoder == {f"gru.{w}_{m}_l1" for w in ("weight", "bias") for m in ("ih", "hh")} | {
+        "proj.weight",
+        "proj.bias",
+    }
+    encoder = grads_of(model.encode(wave, split=1)[0].pow(2).sum(), model)
+    assert encoder == {f"gru.{w}_{m}_l0" for w in ("weight", "bias") for m in ("ih", "hh")}
+    # the distiller splits both models there (the teacher follows split_layer by default)
+    teacher, student = two_layer_pair()
+    kd = LatentMixupKD(teacher, {**CFG, "split_layer": 1}, student=student)
+    assert kd.teacher_split == 1
+    assert torch.equal(kd.teacher_latent_of(wave), teacher.encode(wave, split=1)[0])
+    assert (
+        LatentMixupKD(teacher, {**CFG, "split_layer": 1, "teacher_split_layer": 2}).teacher_split
+        == 2
+    )
+
+
+def test_split_depth_errors_name_the_key():
+    teacher, student = two_layer_pair()
+    with pytest.raises(SekdError, match=r"latent_mixup\.split_layer: 3 is past the teacher's 2"):
+        LatentMixupKD(teacher, {**CFG, "split_layer": 3})
+    one_layer = gru(8)
+    with pytest.raises(SekdError, match=r"latent_mixup\.split_layer: 2 is past the student's 1"):
+        LatentMixupKD(teacher, {**CFG, "split_layer": 2}, student=one_layer)
+    with pytest.raises(SekdError, match=r"latent_mixup\.split_layer: 2 is past the student's 1"):
+        LatentMixupKD(teacher, {**CFG, "split_layer": 2})(one_layer, speech_like(2, 2000))
+    with pytest.raises(SekdError, match=r"teacher_split_layer: 5 is past the teacher's 2"):
+        LatentMixupKD(teacher, {**CFG, "teacher_split_layer": 5})
+    tasnet = build_model("convtasnet", {**TASNET, "B": 4})
+    with pytest.raises(
+        SekdError, match=r"split_layer: teacher\.model\.name: ConvTasNet has no GRU"
+    ):
+        LatentMixupKD(tasnet, {**CFG, "split_layer": 1})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_defaults_reproduce_the_whole_stack_split_exactly(variant):
+    """No split keys = split after every GRU layer, bit for bit, and = the previous formula."""
+    teacher, student = two_layer_pair()
+    batch = speech_like(4, 4000, seed=2)
+    cfg = {**CFG, "variant": variant}
+    explicit = {**cfg, "split_layer": 2, "teacher_split_layer": 2, "decoder": "teacher"}
+    losses = []
+    for config in (cfg, explicit):
+        torch.manual_seed(3)
+        kd = LatentMixupKD(teacher, config, student=student)
+        torch.manual_seed(4)
+        losses.append(kd(student, batch))
+    assert torch.equal(losses[0][0], losses[1][0])
+    assert all(torch.equal(losses[0][1][k], losses[1][1][k]) for k in losses[0][1])
+    if variant != "teacher_student":
+        return
+    # the previous code's computation, written out: encode/decode after the whole stack
+    torch.manual_seed(3)
+    kd = LatentMixupKD(teacher, cfg, student=student)
+    noisy, target = batch["noisy"], batch["target"]
+    torch.manual_seed(4)
+    h_s, context = student.encode(noisy)
+    task = neg_si_sdr(student.decode(h_s, context), target)
+    with torch.no_grad():
+        h_t = teacher.encode(noisy)[0]
+    projected = kd.adapter(h_s)
+    feat = masked_mse(projected, h_t, frame_mask(student, batch["lengths"], *h_s.shape[:2], "cpu"))
+    alpha = torch.tensor(0.4)
+    lam = torch.distributions.Beta(alpha, alpha).sample((4,))[:, None, None]
+    mixed = neg_si_sdr(teacher.decode(mix(h_t, projected, lam), teacher.context(noisy)), target)
+    assert torch.equal(losses[0][0], task + feat + mixed)
+
+
+def test_student_decoder_variant_trains_a_step_and_differs_from_the_teacher_decoder():
+    teacher, student = two_layer_pair()
+    batch = speech_like(4, 4000, seed=1)
+    cfg = {**CFG, "split_layer": 1, "beta2": 0.0}  # only the mixed decode reaches the adapters
+    results = {}
+    for decoder in ("teacher", "student"):
+        model = copy.deepcopy(student)
+        kd = LatentMixupKD(teacher, {**cfg, "decoder": decoder})  # lazy adapters
+        torch.manual_seed(5)
+        loss, parts = kd(model, batch)
+        results[decoder] = (float(loss.detach()), parts, kd, model, loss)
+    assert results["teacher"][0] != pytest.approx(results["student"][0], abs=1e-3)
+    assert float(results["teacher"][1]["task"]) == float(results["student"][1]["task"])
+    _, parts, kd, model, loss = results["student"]
+    assert kd.back.weight.shape == (student.latent_dim, teacher.latent_dim)
+    assert set(kd.state_dict()) == {"adapter.weight", "adapter.bias", "back.weight", "back.bias"}
+    # the mixed term trains the student's decoder (GRU layer 2 + head) and encoder, and Q
+    task_only = neg_si_sdr(model(batch["noisy"]), batch["target"])
+    for name, param in model.named_parameters():
+        if name.endswith(("_l0", "_l1")) or name.startswith("proj."):
+            both = torch.autograd.grad(loss, param, retain_graph=True)[0]
+            alone = torch.autograd.grad(task_only, param, retain_graph=True)[0]
+            assert not torch.allclose(both, alone), name
+    assert grads_of(loss, kd) == {"back.weight", "back.bias"}  # β2 = 0: P is idle
+    # one optimiser step on student + adapters lowers nothing to NaN and changes Q
+    params = [*model.parameters(), *kd.parameters()]
+    params = [p for p in params if p.requires_grad]
+    before = kd.back.weight.detach().clone()
+    opt = torch.optim.Adam(params, lr=1e-2)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, kd.back.weight) and torch.isfinite(kd.back.weight).all()
+    assert torch.isfinite(kd(model, batch)[0])
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_student_decoder_with_zero_lambda_is_the_student_itself():
+    teacher, student = two_layer_pair()
+    batch = speech_like(4, 4000, seed=1)
+    cfg = {**CFG, "decoder": "student", "split_layer": 1}
+    kd = ZeroLambda(teacher, cfg, student=student)
+    _, parts = kd(student, batch)
+    assert float(parts["mix"]) == pytest.approx(float(parts["task"]), abs=1e-6)
+
+
+class Utterances:
+    ids = ["a", "b"]
+    noisy = [np.random.default_rng(0).standard_normal(3000).astype(np.float32)] * 2
+
+
+def test_a_cache_of_another_split_depth_is_rebuilt():
+    teacher, _ = two_layer_pair()
+    whole = LatentMixupKD(teacher, CFG)
+    whole.prepare(Utterances(), torch.device("cpu"))
+    split = LatentMixupKD(teacher, {**CFG, "split_layer": 1})
+    split.cache = whole.cache  # as a tuning worker shares it between trials
+    split.prepare(Utterances(), torch.device("cpu"))
+    assert split.cache is not whole.cache and split.cache.split == 1
+    wave = torch.from_numpy(Utterances.noisy[0])[None]
+    assert torch.allclose(split.cache.tensors[0], teacher.encode(wave, split=1)[0][0], atol=1e-6)
+    again = LatentMixupKD(teacher, CFG)
+    again.cache = whole.cache
+    again.prepare(Utterances(), torch.device("cpu"))
+    assert again.cache is whole.cache
+
+
 def test_feature_mse_vanishes_when_the_adapter_maps_student_to_teacher_exactly():
     torch.manual_seed(0)
     teacher = gru(8)
@@ -222,6 +390,14 @@ def test_framing_errors_name_the_culprit():
         ({"beta1": -1}, "beta1", "less than the minimum of 0"),
         ({"beta2": -1}, "beta2", "less than the minimum of 0"),
         ({"gamma": -1}, "gamma", "less than the minimum of 0"),
+        ({"split_layer": 0}, "split_layer", "less than the minimum of 1"),
+        ({"teacher_split_layer": 1.5}, "teacher_split_layer", "is not of type 'integer'"),
+        ({"decoder": "both"}, "decoder", "'both' is not one of"),
+        (
+            {"variant": "manifold", "decoder": "student"},
+            "variant",
+            "'teacher_student' was expected",
+        ),
     ],
 )
 def test_schema_rejects_bad_latent_mixup_config_naming_the_key(change, key, why):

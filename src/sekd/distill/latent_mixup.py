@@ -7,9 +7,21 @@ through the models' ``encode``/``decode`` (for ``GRUMaskNet``: encoder = STFT fe
 decoder = Linear + sigmoid mask on the noisy STFT + iSTFT). A learnable adapter ``P`` (a linear map
 over channels, i.e. a 1x1 convolution over frames) takes student latents to the teacher's width.
 
+The split depth is an option for models with GRU layers (``gru_mask``): cfg ``split_layer: k``
+splits the student after GRU layer ``k`` (encoder = the first ``k`` layers, decoder = the remaining
+layers + the mask head); ``teacher_split_layer`` does the same for the teacher and defaults to
+``split_layer`` (the same depth counted from the input). Either key absent means "after the whole
+stack" for that model, today's split; a depth past a model's layers, or on a model without GRU
+layers (``convtasnet``), stops with an error naming the key.
+
 - ``teacher_student`` (variant A): ``h_mix = λ h_T + (1-λ) P(h_S)`` with ``λ ~ Beta(α, α)`` per
   item, decoded by the frozen teacher decoder against the noisy input's STFT;
-  ``L = task(S(y), s) + β1 task(T_dec(h_mix), s) + β2 ||P(h_S) - h_T||²``.
+  ``L = task(S(y), s) + β1 task(T_dec(h_mix), s) + β2 ||P(h_S) - h_T||²`` (cfg ``decoder:
+  teacher``, the default). ``decoder: student`` decodes the mix with the student's own decoder
+  instead, in the student's latent space: a second learnable linear map ``Q`` takes the teacher
+  latent to the student's width, ``h_mix = λ Q(h_T) + (1-λ) h_S`` and the mixed term is
+  ``β1 task(S_dec(h_mix), s)`` (λ = 0 gives ``S(y)`` itself); its gradient reaches the student's
+  decoder, encoder and ``Q``, while ``P`` learns from the β2 term alone.
 - ``manifold`` (variant B): each item is paired with a shuffled partner of the batch and both
   models' latents are mixed with the same ``λ``; both decoders decode against the context of the
   *mixed noisy waveform* ``λ y_a + (1-λ) y_b`` (for the GRU that is the mixed noisy STFT, by
@@ -29,6 +41,7 @@ checkpoints, so a resumed run draws the same values on any device.
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -57,6 +70,35 @@ def check_splittable(model: nn.Module, role: str) -> None:
             f"{role}.model.name: {type(model).__name__} has no '{missing[0]}'; latent_mixup needs "
             "a model split into encode/decode (gru_mask, convtasnet)"
         )
+
+
+def split_depth(model: nn.Module) -> int | None:
+    """How many layers ``model`` can be split after (``split_layers``: its GRU layers), or None
+    when its ``encode``/``decode`` take no ``split`` (one fixed split point)."""
+    layers = getattr(model, "split_layers", None)
+    takes = all(
+        "split" in inspect.signature(getattr(model, name)).parameters
+        for name in ("encode", "decode")
+    )
+    return int(layers) if layers is not None and takes else None
+
+
+def check_split(model: nn.Module, role: str, key: str, split: int | None) -> int | None:
+    """``split`` (after layer k, or None: the whole stack) if ``model`` can be split there."""
+    if split is None:
+        return None
+    depth = split_depth(model)
+    if depth is None:
+        raise SekdError(
+            f"{KEY}.{key}: {role}.model.name: {type(model).__name__} has no GRU layers to split "
+            "after; only gru_mask takes a split depth (leave the key out)"
+        )
+    if split > depth:
+        raise SekdError(
+            f"{KEY}.{key}: {split} is past the {role}'s {depth} GRU layers "
+            f"({role}.model.conf.layers)"
+        )
+    return int(split)
 
 
 def check_pair(teacher: nn.Module, student: nn.Module) -> None:
@@ -91,43 +133,95 @@ def mix(first: torch.Tensor, second: torch.Tensor, lam: torch.Tensor) -> torch.T
     return lam * first + (1 - lam) * second
 
 
+class LazyOutLinear(nn.LazyLinear):
+    """A linear map whose *output* width is set at its first use (the student's latent width)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__(0)
+        self.in_features = in_features
+
+    def initialize_parameters(self, input: torch.Tensor, out_features: int | None = None) -> None:
+        if out_features is not None and self.has_uninitialized_params():
+            self.out_features = int(out_features)
+        super().initialize_parameters(input)
+
+
 class LatentMixupKD(Distiller):
     """Feature KD at a matched split depth with a learnable adapter (variants A, B, FitNets).
 
     ``student`` is optional: with it the adapter is built now and the pair is checked at once;
     without it (``build_distiller(method, teacher, cfg)``) the adapter's input width is inferred at
     the first batch. Either way the adapter's state is trained and checkpointed by the trainer.
+    ``decoder: student`` adds ``back`` (``Q``: teacher width -> student width), built the same way.
     """
 
     name: ClassVar[str] = "latent_mixup"
     CACHED: ClassVar[str | None] = "latent"
-    DEFAULTS: ClassVar[dict] = {"consistency": "sisdr"}
+    DEFAULTS: ClassVar[dict] = {
+        "consistency": "sisdr",
+        "decoder": "teacher",
+        "split_layer": None,
+        "teacher_split_layer": None,
+    }
 
     def __init__(self, teacher: nn.Module, cfg: dict, student: nn.Module | None = None) -> None:
         super().__init__(teacher, {**self.DEFAULTS, **cfg})
         check_splittable(teacher, "teacher")
+        split = self.cfg["split_layer"]
+        teacher_key = "split_layer"
+        if self.cfg["teacher_split_layer"] is not None:
+            split, teacher_key = self.cfg["teacher_split_layer"], "teacher_split_layer"
+        self.teacher_split = check_split(teacher, "teacher", teacher_key, split)
         width = teacher.latent_dim
+        student_decodes = self.cfg["decoder"] == "student"
         if student is None:
             self.adapter: nn.Module = nn.LazyLinear(width)
+            if student_decodes:
+                self.back: nn.Module = LazyOutLinear(width)
         else:
             check_pair(teacher, student)
+            self.student_split(student)
             self.adapter = nn.Linear(student.latent_dim, width)
+            if student_decodes:
+                self.back = nn.Linear(width, student.latent_dim)
 
     # ------------------------------------------------------------ split helpers
 
+    def student_split(self, student: nn.Module) -> int | None:
+        return check_split(student, "student", "split_layer", self.cfg["split_layer"])
+
     @staticmethod
-    def encode(model: nn.Module, wave: torch.Tensor) -> tuple[torch.Tensor, object]:
-        """``model``'s latent as ``[B, frames, C]`` (whatever its own layout) and its context."""
-        latent, context = model.encode(wave)
+    def encode(
+        model: nn.Module, wave: torch.Tensor, split: int | None = None
+    ) -> tuple[torch.Tensor, object]:
+        """``model``'s latent as ``[B, frames, C]`` (whatever its own layout) and its context;
+        ``split``: after GRU layer k (None: the model's own split, after the whole stack)."""
+        latent, context = model.encode(wave) if split is None else model.encode(wave, split=split)
         return latent.movedim(model.latent_time_axis, 1), context
 
     @staticmethod
-    def decode(model: nn.Module, latent: torch.Tensor, context: object) -> torch.Tensor:
-        """Decode a ``[B, frames, C]`` latent with ``model``'s decoder."""
-        return model.decode(latent.movedim(1, model.latent_time_axis), context)
+    def decode(
+        model: nn.Module, latent: torch.Tensor, context: object, split: int | None = None
+    ) -> torch.Tensor:
+        """Decode a ``[B, frames, C]`` latent (split after layer ``split``) with ``model``."""
+        latent = latent.movedim(1, model.latent_time_axis)
+        return (
+            model.decode(latent, context)
+            if split is None
+            else model.decode(latent, context, split=split)
+        )
 
     def teacher_latent_of(self, noisy: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.teacher, noisy)[0]
+        return self.encode(self.teacher, noisy, self.teacher_split)[0]
+
+    def prepare(self, dataset, device: torch.device, batch_size: int = 32) -> None:
+        """The base cache, marked with the teacher split it holds: a cache shared from a run at
+        another depth (a tuning worker's trials) is rebuilt rather than read."""
+        if self.cache is not None and getattr(self.cache, "split", None) != self.teacher_split:
+            self.cache = None
+        super().prepare(dataset, device, batch_size)
+        if self.cache is not None:
+            self.cache.split = self.teacher_split
 
     @torch.no_grad()
     def teacher_latent(self, batch: dict, frames: int) -> torch.Tensor:
@@ -145,14 +239,15 @@ class LatentMixupKD(Distiller):
 
     def forward(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         check_pair(self.teacher, student)
+        split = self.student_split(student)
         noisy, target = batch["noisy"], batch["target"]
-        h_s, context_s = self.encode(student, noisy)
-        task = self.task_loss(self.decode(student, h_s, context_s), target)
+        h_s, context_s = self.encode(student, noisy, split)
+        task = self.task_loss(self.decode(student, h_s, context_s, split), target)
         h_t = self.teacher_latent(batch, h_s.shape[1]).to(h_s.dtype)
         mask = frame_mask(student, batch.get("lengths"), *h_s.shape[:2], h_s.device)
         variant = self.cfg["variant"]
         if variant == "manifold":
-            feat, mixed = self._manifold(student, noisy, h_s, h_t, mask)
+            feat, mixed = self._manifold(student, split, noisy, h_s, h_t, mask)
             total = task + self.cfg["beta2"] * feat + self.cfg["gamma"] * mixed
         else:
             projected = self.adapter(h_s)
@@ -161,9 +256,19 @@ class LatentMixupKD(Distiller):
             mixed = None
             if variant == "teacher_student":
                 lam = self.sample_lambda(noisy.shape[0]).to(h_t.device, h_t.dtype)[:, None, None]
-                h_mix = mix(h_t, projected.to(h_t.dtype), lam)
-                context_t = self.teacher.context(noisy)
-                mixed = self.task_loss(self.decode(self.teacher, h_mix, context_t), target)
+                if self.cfg["decoder"] == "student":
+                    if (
+                        isinstance(self.back, LazyOutLinear)
+                        and self.back.has_uninitialized_params()
+                    ):
+                        self.back.initialize_parameters(h_t, student.latent_dim)
+                    h_mix = mix(self.back(h_t).to(h_s.dtype), h_s, lam.to(h_s.dtype))
+                    estimate = self.decode(student, h_mix, context_s, split)
+                else:
+                    h_mix = mix(h_t, projected.to(h_t.dtype), lam)
+                    context_t = self.teacher.context(noisy)
+                    estimate = self.decode(self.teacher, h_mix, context_t, self.teacher_split)
+                mixed = self.task_loss(estimate, target)
                 total = total + self.cfg["beta1"] * mixed
         components = {"task": task, "feat": feat, "total": total, "si_sdr": -task}
         if mixed is not None:
@@ -173,6 +278,7 @@ class LatentMixupKD(Distiller):
     def _manifold(
         self,
         student: nn.Module,
+        split: int | None,
         noisy: torch.Tensor,
         h_s: torch.Tensor,
         h_t: torch.Tensor,
@@ -187,12 +293,13 @@ class LatentMixupKD(Distiller):
         h_t_mix = mix(h_t, h_t[partner], lam_latent.to(h_t.dtype))
         feat = masked_mse(self.adapter(h_s_mix), h_t_mix, mask | mask[partner])
         noisy_mix = mix(noisy, noisy[partner], lam[:, None].to(noisy.dtype))
-        estimate = self.decode(student, h_s_mix, student.context(noisy_mix))
+        estimate = self.decode(student, h_s_mix, student.context(noisy_mix), split)
         with torch.no_grad():
-            reference = self.decode(self.teacher, h_t_mix, self.teacher.context(noisy_mix))
+            context_t = self.teacher.context(noisy_mix)
+            reference = self.decode(self.teacher, h_t_mix, context_t, self.teacher_split)
         if self.cfg["consistency"] == "mse":
             return feat, (estimate.float() - reference.float()).pow(2).mean()
         return feat, sisdr_distance(estimate, reference)
 
 
-__all__ = ["LatentMixupKD", "check_pair", "frame_mask", "masked_mse", "mix"]
+__all__ = ["LatentMixupKD", "check_pair", "check_split", "frame_mask", "masked_mse", "mix"]

@@ -4,7 +4,9 @@ Signal chain: STFT (Hann, ``n_fft``/``hop``, centred) -> feature -> GRU -> Linea
 that multiplies the *complex* STFT -> iSTFT to the input length. The feature is ``log1p|Y|`` by
 default (the paper feeds ``|Y|``; ``feature="magnitude"`` reproduces that): the log compresses the
 60 dB+ range of speech spectra, so a small GRU trains faster and is less sensitive to input level.
-``encode``/``decode`` split ``forward`` exactly at the GRU output, for latent feature KD.
+``encode``/``decode`` split ``forward`` exactly at the GRU output, for latent feature KD; their
+``split=k`` moves the split after GRU layer ``k`` (1..``split_layers``), so the encoder is the first
+``k`` layers and the decoder the remaining layers + the mask head.
 
 A unidirectional GRU makes the model causal up to the STFT window: an output sample depends on
 input samples at most ``n_fft - 1`` samples ahead (algorithmic latency = one window). STFT and
@@ -15,10 +17,12 @@ for many sizes.
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from sekd.errors import SekdError
 
@@ -72,6 +76,42 @@ class GRUMaskNet(nn.Module):
     def causal(self) -> bool:
         return not self.gru.bidirectional
 
+    @property
+    def split_layers(self) -> int:
+        """GRU layers; ``encode``/``decode`` may split after any of them (``split`` 1..this)."""
+        return self.gru.num_layers
+
+    def _split(self, split: int | None) -> int:
+        split = self.split_layers if split is None else int(split)
+        if not 1 <= split <= self.split_layers:
+            raise SekdError(f"gru_mask: split after GRU layer {split} of 1..{self.split_layers}")
+        return split
+
+    def _run_layers(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """GRU layers ``first+1..last`` of the stack on ``x`` [B, frames, ·] (zero initial state).
+
+        The whole stack is ``self.gru`` itself; a part runs the same parameters through a
+        parameter-free (meta) GRU of that many layers, so the split is exact.
+        """
+        if first == last:
+            return x
+        if first == 0 and last == self.gru.num_layers:
+            return self.gru(x)[0]
+        gru = self.gru
+        part = nn.GRU(
+            x.shape[-1],
+            gru.hidden_size,
+            num_layers=last - first,
+            batch_first=True,
+            bidirectional=gru.bidirectional,
+            device="meta",
+        )
+        params = {
+            name: getattr(gru, re.sub(r"_l(\d+)", lambda m: f"_l{int(m[1]) + first}", name))
+            for name in part._flat_weights_names
+        }
+        return functional_call(part, params, (x,))[0]
+
     def stft(self, wave: torch.Tensor) -> torch.Tensor:
         """Complex STFT ``[B, F, frames]`` in float32."""
         return torch.stft(
@@ -97,16 +137,23 @@ class GRUMaskNet(nn.Module):
         with torch.autocast(wave.device.type, enabled=False):
             return STFTContext(self.stft(wave), wave.shape[-1])
 
-    def encode(self, wave: torch.Tensor) -> tuple[torch.Tensor, STFTContext]:
-        """First half of ``forward``: GRU output [B, frames, H] and the decoder's context."""
+    def encode(
+        self, wave: torch.Tensor, split: int | None = None
+    ) -> tuple[torch.Tensor, STFTContext]:
+        """First half of ``forward``: output [B, frames, H] of GRU layer ``split`` (default: the
+        last) and the decoder's context."""
+        split = self._split(split)
         context = self.context(wave)
         with torch.autocast(wave.device.type, enabled=False):
             feats = self.features(context.spec)
-        latent, _ = self.gru(feats)
-        return latent, context
+        return self._run_layers(feats, 0, split), context
 
-    def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
-        """Second half of ``forward``: mask from ``latent`` applied to ``context``'s STFT, iSTFT."""
+    def decode(
+        self, latent: torch.Tensor, context: STFTContext, split: int | None = None
+    ) -> torch.Tensor:
+        """Second half of ``forward``: GRU layers after ``split`` (default: none), then the mask
+        from their output applied to ``context``'s STFT, iSTFT."""
+        latent = self._run_layers(latent, self._split(split), self.split_layers)
         mask = torch.sigmoid(self.proj(latent)).float().transpose(1, 2)
         with torch.autocast(latent.device.type, enabled=False):
             return self.istft(context.spec * mask, context.length)
