@@ -13,12 +13,14 @@ from torch import nn
 
 from sekd.errors import SekdError
 from sekd.models.convtasnet import ConvTasNet
+from sekd.models.gru_cmask import GRUCMaskNet
 from sekd.models.gru_mask import GRUMaskNet
 from sekd.models.metricgan import MetricGANGRU
 from sekd.models.metricgan_blstm import MetricGANBLSTM
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "gru_mask": GRUMaskNet,
+    "gru_mask_complex": GRUCMaskNet,  # complex-ratio mask, DCCRN-E bound (phase-estimating)
     "convtasnet": ConvTasNet,
     "metricgan_gru": MetricGANGRU,
     "metricgan_blstm": MetricGANBLSTM,  # the official MetricGAN-OKD generator
@@ -60,6 +62,7 @@ def build_model(name: str, conf: dict | None = None) -> nn.Module:
 __all__ = [
     "MODELS",
     "ConvTasNet",
+    "GRUCMaskNet",
     "GRUMaskNet",
     "MetricGANBLSTM",
     "MetricGANGRU",
