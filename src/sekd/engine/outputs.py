@@ -112,7 +112,8 @@ def log_run_tail(
 ) -> None:
     """Final metrics, the tags tying the run to its checkpoint and folder, the folder's files and
     (with ``examples``: the reported model and a set with clean targets) audio examples."""
-    tracker.log_metrics({f"final_{k}": float(v) for k, v in metrics.items() if is_number(v)})
+    numbers = {k: v for k, v in metrics.items() if is_number(v) and k != "updates"}  # a tag
+    tracker.log_metrics({f"final_{k}": float(v) for k, v in numbers.items()})
     tracker.set_tags(
         {
             "sekd.phase": phase,
