@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from sekd.errors import SekdError
+from sekd.models.framed import FramedMaskNet
 from sekd.models.gru_mask import STFTContext
 
 FEATURES = ("log1p", "magnitude", "complex")
@@ -58,8 +59,10 @@ def bounded_mask(raw: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return torch.complex(real * scale, imag * scale)
 
 
-class GRUCMaskNet(nn.Module):
+class GRUCMaskNet(FramedMaskNet):
     """Complex-STFT bounded complex-ratio-mask enhancer with a (bi)directional GRU: ``[B, T] -> [B, T]``."""
+
+    grid_name = "gru_mask_complex"
 
     def __init__(
         self,
@@ -151,23 +154,6 @@ class GRUCMaskNet(nn.Module):
         mask = self.mask(latent).transpose(1, 2)
         with torch.autocast(latent.device.type, enabled=False):
             return self.istft(context.spec * mask, context.length)
-
-    def forward(
-        self, wave: torch.Tensor, return_latent: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Enhance ``wave`` [B, T]; ``return_latent`` adds the GRU output [B, frames, H]."""
-        latent, context = self.encode(wave)
-        enhanced = self.decode(latent, context)
-        return (enhanced, latent) if return_latent else enhanced
-
-    @property
-    def frame_grid(self) -> dict:
-        """How latent frames sit on the waveform; models with equal grids have aligned latents."""
-        return {"model": "gru_mask_complex", "n_fft": self.n_fft, "hop": self.hop}
-
-    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames (centred STFT) of signals with ``lengths`` samples: which latents are not padding."""
-        return lengths // self.hop + 1
 
     def fft_macs(self, num_samples: int) -> float:
         """Real MACs per ``num_samples`` outside Linear/GRU (see :mod:`sekd.models.complexity`).

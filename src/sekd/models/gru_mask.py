@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from sekd.errors import SekdError
+from sekd.models.framed import FramedMaskNet
 
 FEATURES = ("log1p", "magnitude")
 
@@ -36,8 +37,10 @@ class STFTContext(NamedTuple):
     length: int
 
 
-class GRUMaskNet(nn.Module):
+class GRUMaskNet(FramedMaskNet):
     """Complex-STFT sigmoid-mask enhancer with a (bi)directional GRU: ``[B, T] -> [B, T]``."""
+
+    grid_name = "gru_mask"
 
     def __init__(
         self,
@@ -157,23 +160,6 @@ class GRUMaskNet(nn.Module):
         mask = torch.sigmoid(self.proj(latent)).float().transpose(1, 2)
         with torch.autocast(latent.device.type, enabled=False):
             return self.istft(context.spec * mask, context.length)
-
-    def forward(
-        self, wave: torch.Tensor, return_latent: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Enhance ``wave`` [B, T]; ``return_latent`` adds the GRU output [B, frames, H]."""
-        latent, context = self.encode(wave)
-        enhanced = self.decode(latent, context)
-        return (enhanced, latent) if return_latent else enhanced
-
-    @property
-    def frame_grid(self) -> dict:
-        """How latent frames sit on the waveform; models with equal grids have aligned latents."""
-        return {"model": "gru_mask", "n_fft": self.n_fft, "hop": self.hop}
-
-    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames (centred STFT) of signals with ``lengths`` samples: which latents are not padding."""
-        return lengths // self.hop + 1
 
     def fft_macs(self, num_samples: int) -> float:
         """Real MACs per ``num_samples`` for STFT + iSTFT (+ window, mask), see ``complexity``."""

@@ -44,12 +44,27 @@ class LearnableSigmoid(nn.Module):
         return self.ceiling * torch.sigmoid(self.slope * x)
 
 
-class MetricGANGRU(GRUMaskNet):
+class Log1pMaskDecoder:
+    """The MetricGAN generators' output stage (official ``SE/model.py``): the mask multiplies
+    the log1p magnitude, which ``expm1`` and the noisy phase turn back into a waveform."""
+
+    def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
+        """Masked log1p magnitude -> ``expm1`` -> noisy phase -> iSTFT."""
+        with torch.autocast(latent.device.type, enabled=False):
+            enhanced_log = self.mask(latent) * self.features(context.spec)
+            magnitude = torch.expm1(enhanced_log).transpose(1, 2)
+            spec = torch.polar(magnitude, torch.angle(context.spec))
+            return self.istft(spec, context.length)
+
+
+class MetricGANGRU(Log1pMaskDecoder, GRUMaskNet):
     """The student GRU with MetricGAN's log1p-magnitude mask: ``[B, T] -> [B, T]``.
 
     Takes the ``gru_mask`` configuration keys (``feature`` must be ``log1p``: the mask acts on the
     log1p magnitude) plus ``min_mask``, the lower clamp of the mask used in training and inference.
     """
+
+    grid_name = "metricgan_gru"
 
     def __init__(
         self,
@@ -84,18 +99,6 @@ class MetricGANGRU(GRUMaskNet):
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """``log1p|STFT|`` ``[B, frames, F]`` in float32: the generator's and D's input domain."""
         return self.features(self.context(wave).spec)
-
-    def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
-        """Masked log1p magnitude -> ``expm1`` -> noisy phase -> iSTFT."""
-        with torch.autocast(latent.device.type, enabled=False):
-            enhanced_log = self.mask(latent) * self.features(context.spec)
-            magnitude = torch.expm1(enhanced_log).transpose(1, 2)
-            spec = torch.polar(magnitude, torch.angle(context.spec))
-            return self.istft(spec, context.length)
-
-    @property
-    def frame_grid(self) -> dict:
-        return {**super().frame_grid, "model": "metricgan_gru"}
 
     def fft_macs(self, num_samples: int) -> float:
         """The parent's STFT/iSTFT estimate plus log1p/expm1 and the polar recombination."""

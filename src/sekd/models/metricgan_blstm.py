@@ -24,14 +24,17 @@ import torch
 from torch import nn
 
 from sekd.errors import SekdError
+from sekd.models.framed import FramedMaskNet
 from sekd.models.gru_mask import STFTContext
-from sekd.models.metricgan import LEAKY_SLOPE, MASK_CEILING, LearnableSigmoid
+from sekd.models.metricgan import LEAKY_SLOPE, MASK_CEILING, LearnableSigmoid, Log1pMaskDecoder
 
 MAGNITUDE_EPS = 1e-14  # official spectral_magnitude(power=0.5): sqrt(|X|^2 + eps)
 
 
-class MetricGANBLSTM(nn.Module):
+class MetricGANBLSTM(Log1pMaskDecoder, FramedMaskNet):
     """Official BLSTM mask generator on log1p Hamming-STFT magnitudes: ``[B, T] -> [B, T]``."""
+
+    grid_name = "metricgan_blstm"
 
     causal = False
 
@@ -135,31 +138,6 @@ class MetricGANBLSTM(nn.Module):
             feats = self.features(context.spec)
         latent, _ = self.lstm(feats)
         return latent, context
-
-    def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
-        """Masked log1p magnitude -> ``expm1`` -> noisy phase -> iSTFT."""
-        with torch.autocast(latent.device.type, enabled=False):
-            enhanced_log = self.mask(latent) * self.features(context.spec)
-            magnitude = torch.expm1(enhanced_log).transpose(1, 2)
-            spec = torch.polar(magnitude, torch.angle(context.spec))
-            return self.istft(spec, context.length)
-
-    def forward(
-        self, wave: torch.Tensor, return_latent: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Enhance ``wave`` [B, T]; ``return_latent`` adds the BLSTM output [B, frames, 2H]."""
-        latent, context = self.encode(wave)
-        enhanced = self.decode(latent, context)
-        return (enhanced, latent) if return_latent else enhanced
-
-    # ------------------------------------------------------------ bookkeeping
-
-    @property
-    def frame_grid(self) -> dict:
-        return {"model": "metricgan_blstm", "n_fft": self.n_fft, "hop": self.hop}
-
-    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        return lengths // self.hop + 1
 
     def fft_macs(self, num_samples: int) -> float:
         """STFT + iSTFT, windows and mask (as ``GRUMaskNet``) plus log1p/expm1 and the polar step."""

@@ -1,0 +1,39 @@
+"""What every STFT-mask enhancer shares: ``forward`` as encode -> decode, and its frame grid.
+
+``encode(wave) -> (latent, context)`` and ``decode(latent, context) -> wave`` are the split that
+feature KD and latent mixup use; the frame grid says how latent frames sit on the waveform, so
+that models with equal grids have aligned latents.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class FramedMaskNet(nn.Module):
+    """Base of the STFT-mask models (``gru_mask``, ``gru_mask_complex``, ``metricgan_blstm``):
+    subclasses set ``n_fft``, ``hop``, ``grid_name`` and implement ``encode``/``decode``."""
+
+    grid_name: ClassVar[str] = ""
+    n_fft: int
+    hop: int
+
+    def forward(
+        self, wave: torch.Tensor, return_latent: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Enhance ``wave`` [B, T]; ``return_latent`` adds the latent [B, frames, C]."""
+        latent, context = self.encode(wave)
+        enhanced = self.decode(latent, context)
+        return (enhanced, latent) if return_latent else enhanced
+
+    @property
+    def frame_grid(self) -> dict:
+        """How latent frames sit on the waveform; models with equal grids have aligned latents."""
+        return {"model": self.grid_name, "n_fft": self.n_fft, "hop": self.hop}
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames (centred STFT) of signals with ``lengths`` samples: which latents are not padding."""
+        return lengths // self.hop + 1
