@@ -15,11 +15,24 @@ from torch import nn
 
 class FramedMaskNet(nn.Module):
     """Base of the STFT-mask models (``gru_mask``, ``gru_mask_complex``, ``metricgan_blstm``):
-    subclasses set ``n_fft``, ``hop``, ``grid_name`` and implement ``encode``/``decode``."""
+    subclasses set ``n_fft``, ``hop``, ``window`` (a buffer), ``grid_name`` and implement
+    ``encode``/``decode``; a model with another STFT (zero padding) overrides ``stft``/``istft``."""
 
     grid_name: ClassVar[str] = ""
     n_fft: int
     hop: int
+    window: torch.Tensor
+
+    def stft(self, wave: torch.Tensor) -> torch.Tensor:
+        """Complex STFT ``[B, F, frames]`` in float32 (centred, reflect-padded)."""
+        return torch.stft(
+            wave.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
+        )
+
+    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        return torch.istft(
+            spec, self.n_fft, self.hop, window=self.window, center=True, length=length
+        )
 
     def forward(
         self, wave: torch.Tensor, return_latent: bool = False

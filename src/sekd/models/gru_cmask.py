@@ -107,17 +107,6 @@ class GRUCMaskNet(FramedMaskNet):
     def causal(self) -> bool:
         return not self.gru.bidirectional
 
-    def stft(self, wave: torch.Tensor) -> torch.Tensor:
-        """Complex STFT ``[B, F, frames]`` in float32."""
-        return torch.stft(
-            wave.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
-        )
-
-    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        return torch.istft(
-            spec, self.n_fft, self.hop, window=self.window, center=True, length=length
-        )
-
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         """Network input ``[B, frames, F]`` (``2F`` for ``complex``) from the complex STFT."""
         spec = spec.transpose(1, 2)

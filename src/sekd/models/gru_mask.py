@@ -115,17 +115,6 @@ class GRUMaskNet(FramedMaskNet):
         }
         return functional_call(part, params, (x,))[0]
 
-    def stft(self, wave: torch.Tensor) -> torch.Tensor:
-        """Complex STFT ``[B, F, frames]`` in float32."""
-        return torch.stft(
-            wave.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
-        )
-
-    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        return torch.istft(
-            spec, self.n_fft, self.hop, window=self.window, center=True, length=length
-        )
-
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         """Network input ``[B, frames, F]`` from the complex STFT."""
         mag = spec.abs().transpose(1, 2)
