@@ -144,6 +144,11 @@ def _space(method: str, **entry) -> object:
             "every test speaker has 20 utterances (corpus.demo.utterances_per_speaker), "
             "needs 24 (adapt 16 + test 8)",
         ),
+        (
+            lambda c: c["tune"]["methods"].append("nokd"),
+            "tune.methods.3",
+            "'nokd' is not allowed: a KD method; the no-KD baseline (tune.nokd) is tuned whenever",
+        ),
         (_space("dfkd", name="beta", type="float", low=0.0), "tune.dfkd.space.0.high", "required"),
         (_space("dfkd", name="rise", type="categorical"), "tune.dfkd.space.0.choices", "required"),
     ],
@@ -189,6 +194,14 @@ def test_sections_are_validated_alone(params: dict) -> None:
         validate_sections({"synth": {**params["synth"], "snr_db": [3, 1]}})
     with pytest.raises(SekdError, match="invalid key 'bogus'"):
         validate_sections({"bogus": {}})
+    # a study's rule hands tune without its method list: tune.<method> sections still validate
+    study = {key: value for key, value in params["tune"].items() if key != "methods"}
+    assert validate_sections({"tune": study})
+    study["nokd"] = {"space": [{"name": "student.train.lr", "type": "float"}]}
+    with pytest.raises(
+        SekdError, match=r"invalid key 'tune.nokd.space.0.low': 'low' is a required"
+    ):
+        validate_sections({"tune": study})
 
 
 def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ import torch
 from tiny import TINY_MODEL, tiny_train, write_tiny_set
 
 from sekd.config import schema, validate_sections
-from sekd.distill.latent_mixup import LatentMixupKD, frame_mask, masked_mse, mix
+from sekd.distill import build_distiller
+from sekd.distill.latent_mixup import FitNetsKD, LatentMixupKD, frame_mask, masked_mse, mix
 from sekd.engine import CHECKPOINT, KILL_ENV, train_model
 from sekd.errors import SekdError
 from sekd.losses.sisdr import neg_si_sdr
@@ -230,6 +231,26 @@ def test_split_depth_errors_name_the_key():
         SekdError, match=r"split_layer: teacher\.model\.name: ConvTasNet has no GRU"
     ):
         LatentMixupKD(tasnet, {**CFG, "split_layer": 1})
+
+
+def test_fitnets_is_the_feature_mse_variant_as_a_method_of_its_own():
+    """The latent-mixup setting's FitNets baseline: its own name and section, the same loss as
+    latent mixup's feature_mse variant at the same split, and errors that name its section."""
+    teacher, student = two_layer_pair()
+    batch = speech_like(2, 4000)
+    fitnets = build_distiller("fitnets", teacher, {"beta2": 2.0, "split_layer": 1})
+    assert isinstance(fitnets, FitNetsKD) and fitnets.name == "fitnets"
+    torch.manual_seed(3)
+    loss, parts = fitnets(student, batch)
+    reference = LatentMixupKD(
+        teacher, {**CFG, "variant": "feature_mse", "beta2": 2.0, "split_layer": 1}
+    )
+    reference.adapter = copy.deepcopy(fitnets.adapter)
+    torch.manual_seed(3)
+    expected, expected_parts = reference(student, batch)
+    assert torch.equal(loss, expected) and parts.keys() == expected_parts.keys()
+    with pytest.raises(SekdError, match=r"distill\.fitnets\.split_layer: 3 is past the teacher's"):
+        FitNetsKD(teacher, {"beta2": 1.0, "split_layer": 3})
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

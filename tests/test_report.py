@@ -242,10 +242,39 @@ def test_a_model_its_method_never_updated_gets_no_numbers(tmp_path):
     assert row["status"] == NOT_TRAINED and pd.isna(row["si_sdr"]) and row["seeds"] == 2
     assert table.set_index("system").loc["nokd", "si_sdr"] > 0
     assert (
-        f"| metricgan | 2 | 12,345 | 2.0 | {NOT_TRAINED} |" in (tmp_path / "table.md").read_text()
+        f"| metricgan | 2 | 12,345 | 2.0 | not tuned | {NOT_TRAINED} |"
+        in (tmp_path / "table.md").read_text()
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["metricgan-0"] == {"status": NOT_TRAINED} and "si_sdr" in metrics["metricgan-1"]
+
+
+def test_the_table_says_which_tuned_values_each_row_used(tmp_path):
+    """Fair budgets made visible: each row shows its study's values and trial count, or that it
+    trained with params.yaml's values."""
+    tuning = {
+        "nokd-0": {"values": {"student.train.lr": 0.0031234}, "study": "sekd-nokd-1", "trials": 4},
+        "dfkd-0": {"values": {"weight": 7.8, "beta": 0.25}, "study": "sekd-dfkd-1", "trials": 4},
+        "okd-0": None,
+    }
+    for system, record in tuning.items():
+        folder = tmp_path / "eval" / system
+        _evaluation(folder, system, 1.0, 2.0e6)
+        result = json.loads((folder / "metrics.json").read_text())
+        result["system"] |= {"updates": 4, "tuning": record}
+        write_json(folder / "metrics.json", result)
+    _evaluation(tmp_path / "eval" / "noisy", "noisy", 0.0, None)
+    table = write_comparison(sorted((tmp_path / "eval").iterdir()), tmp_path)
+    shown = table.set_index("system")["tuning"].to_dict()
+    assert shown == {
+        "nokd": "lr=0.00312 (4 trials)",
+        "dfkd": "beta=0.25, weight=7.8 (4 trials)",
+        "okd": "not tuned",
+        "noisy": "",
+    }
+    assert (
+        "| nokd | 1 | 12,345 | 2.0 | lr=0.00312 (4 trials) |" in (tmp_path / "table.md").read_text()
+    )
 
 
 def test_two_methods_reporting_the_same_weights_are_refused(tmp_path):

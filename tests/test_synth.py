@@ -309,6 +309,23 @@ def test_personal_needs_enough_utterances(sources, tmp_path):
         synth.synthesize_personal(*sources, ["s4"], cfg, tmp_path / "p", workers=1)
 
 
+def test_fixed_snr_sessions_mix_each_speaker_at_one_listed_snr(sources, personal_run, tmp_path):
+    """The PSE recipe's sessions: one SNR per speaker from the list, dealt in balanced rounds;
+    rooms, noises and utterances are drawn as without the option."""
+    cfg = copy.deepcopy(CFG)
+    cfg["personal"]["session_snr_db"] = [-5, 10]
+    out = tmp_path / "personal"
+    synth.synthesize_personal(*sources, SPLIT_SPEAKERS["test"], cfg, out, workers=1)
+    fixed = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    drawn = pd.read_csv(personal_run / "manifest.csv", dtype=str, keep_default_na=False)
+    per_speaker = fixed.groupby("speaker")["snr_db"].agg(set).to_dict()
+    assert all(len(snrs) == 1 for snrs in per_speaker.values())
+    assert sorted(float(next(iter(s))) for s in per_speaker.values()) == [-5.0, 10.0]
+    same = ["speaker", "utterance", "set", "room_id", "noise_id"]
+    assert fixed[same].equals(drawn[same])
+    assert drawn.groupby("speaker")["snr_db"].nunique().gt(1).all()  # default: drawn per mixture
+
+
 # --- manifests ----------------------------------------------------------------------------------
 
 

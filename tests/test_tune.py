@@ -139,7 +139,7 @@ def test_trials_are_nested_mlflow_runs_and_the_best_values_feed_distillation(
     monkeypatch.delenv("SEKD_TRACKING", raising=False)
     run_worker(cfg, METHOD, 0, paths, cfg["tracking"])
     values = select(cfg, METHOD, tmp_path, tmp_path / "tune" / METHOD, cfg["tracking"])
-    assert read_best(tmp_path / "tune" / METHOD / "best.yaml") == values
+    assert read_best(tmp_path / "tune" / METHOD / "best.yaml")["values"] == values
     assert 0.1 <= values["weight"] <= 10.0
     assert (tmp_path / "tune" / METHOD / "history.png").stat().st_size > 1000
     client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
@@ -176,6 +176,53 @@ def test_two_objective_mode_returns_a_pareto_front(data, tmp_path, monkeypatch):
     select(cfg, METHOD, tmp_path, tmp_path / "out", None)
     assert (tmp_path / "out" / "pareto.png").is_file()
     assert yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())["values"]
+
+
+def test_the_baseline_study_tunes_its_learning_rate_and_its_students_record_it(
+    data, tmp_path, monkeypatch
+):
+    """The no-KD baseline gets the same budget as a tuned KD method, over its own knob (the
+    learning rate), with no teacher; its student trains with the best value and says so."""
+    from sekd.cli import main
+    from sekd.tune import run_worker, select
+
+    cfg = tune_config(trials=2, pruner="none")
+    space = cfg["tune"]["nokd"]["space"]
+    assert [entry["name"] for entry in space] == ["student.train.lr"]
+    paths = {**data, "teacher": None, "checkpoints": tmp_path / "ck", "results": tmp_path}
+    monkeypatch.setenv("SEKD_TRACKING", "off")
+    tally = run_worker(cfg, "nokd", 0, {**paths, "threads": 1}, None)
+    assert len(tally["trials"]["COMPLETE"]) == 2
+    values = select(cfg, "nokd", tmp_path, tmp_path / "tune" / "nokd", None)
+    assert space[0]["low"] <= values["student.train.lr"] <= space[0]["high"]
+    best = tmp_path / "tune" / "nokd" / "best.yaml"
+    sections = json.dumps({"student": cfg["student"]})
+    out = tmp_path / "nokd" / "0"
+    main(["train", "--config", sections, "--role", "student", "--seed", "0",
+          "--train", str(data["train"]), "--valid", str(data["valid"]), "--out", str(out),
+          "--checkpoints", str(tmp_path / "ck-nokd"), "--tuned", str(best)])  # fmt: skip
+    extra = yaml.safe_load((out / "model.yaml").read_text())["extra"]
+    assert extra["tuning"]["values"] == values and extra["tuning"]["trials"] == 2
+    assert extra["tuning"]["study"] == study_name("nokd", config_key(cfg, "nokd"))
+    tuned = apply_values(cfg, "nokd", values)
+    assert (
+        tuned["student"]["train"]["lr"]
+        == values["student.train.lr"]
+        != cfg["student"]["train"]["lr"]
+    )
+
+
+def test_the_baseline_is_not_tuned_when_no_method_is(data, tmp_path):
+    """Same budget both ways: no KD method tuned, no baseline study; best.yaml says so."""
+    from sekd.tune import run_worker, select
+
+    cfg = tune_config(methods=[])
+    assert select(cfg, "nokd", tmp_path, tmp_path / "out", None, tuned=False) == {}
+    best = read_best(tmp_path / "out" / "best.yaml")
+    assert best == {"values": {}, "study": None, "trials": {}}
+    cfg["tune"].pop("nokd")
+    with pytest.raises(SekdError, match="tune.nokd.space"):
+        run_worker(cfg, "nokd", 0, {**data, "results": tmp_path}, None)
 
 
 # ---------------------------------------------------------------- a real PostgreSQL server

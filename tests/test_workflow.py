@@ -90,7 +90,7 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
         students.add("report")
         tuning = {"tune_worker", "tune_select"}  # a study depends on the student it tunes
         assert set(jobs) == students | personal | tuning
-        studies = len(params["tune"]["methods"])  # one worker per study (tiny.yaml)
+        studies = len(params["tune"]["methods"]) + 1  # one worker per study, the baseline's too
         assert jobs["tune_worker"] == studies and jobs["tune_select"] == studies
         assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
         # a speaker's scorings (the teacher's too) wait for its adaptation: one job per speaker
@@ -122,6 +122,19 @@ def test_one_method_weight_change_retrains_only_that_method(dvc_run: Path) -> No
         retune = {"tune_worker": 1, "tune_select": 1}  # dfkd is tuned: its study starts anew
         rest = {"evaluate": 1, "comparison_table": 1, "report": 1, "all": 1}
         assert jobs == {"distill": 1, **rest, **retune}
+    finally:
+        run(["git", "checkout", "params.yaml"], cwd=dvc_run)
+
+
+def test_another_methods_search_space_leaves_the_baseline_study_alone(dvc_run: Path) -> None:
+    """The no-KD baseline's study depends on its own space and the shared budget only."""
+    change_params(dvc_run, lambda p: p["tune"]["dfkd"]["space"][0].update(high=20.0))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
+        assert "train" not in status and "tune@dfkd" in status
+        jobs = planned_jobs(dvc_run)
+        assert jobs["tune_worker"] == 1 and "train_student_nokd" not in jobs
+        assert jobs["distill"] == 1  # dfkd's student only
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 

@@ -104,7 +104,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sekd.engine import train_model
     from sekd.tracking import start_run, system_tags
 
-    cfg = _config(args)
+    cfg, metadata = _config(args), None
+    if args.tuned:  # the no-KD baseline's study (sekd.tune.BASELINE)
+        from sekd.tune import BASELINE, apply_values, read_best, tuning_record
+
+        best = read_best(args.tuned)
+        cfg = apply_values(cfg, BASELINE, best["values"])
+        metadata = {"tuning": tuning_record(best)}
     section = cfg[args.role]
     train_cfg = dict(section["train"])
     if args.seed is not None:
@@ -125,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             run_name=run_name,
             phase=phase,
             tracker=tracker,
+            metadata=metadata,
         )
 
 
@@ -134,10 +141,13 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from sekd.tracking import start_run, system_tags
 
     cfg = _config(args)
+    tuning = None
     if args.tuned:
-        from sekd.tune import apply_values, read_best
+        from sekd.tune import apply_values, read_best, tuning_record
 
-        cfg = apply_values(cfg, args.method, read_best(args.tuned))
+        best = read_best(args.tuned)
+        cfg = apply_values(cfg, args.method, best["values"])
+        tuning = tuning_record(best)
     job = DistillJob(
         method=args.method,
         method_cfg=cfg["distill"][args.method],
@@ -152,6 +162,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         workers=args.workers,
         init=Path(args.init) if args.init else None,
         cache_teacher=bool(cfg["distill"].get("cache_teacher", True)),
+        tuning=tuning,
     )
     params = {"method": job.method, "distill": {job.method: job.method_cfg}}
     tags = system_tags(job.method, job.seed)
@@ -168,7 +179,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     data = {
         "train": Path(args.train),
         "valid": Path(args.valid),
-        "teacher": Path(args.teacher),
+        "teacher": Path(args.teacher) if args.teacher else None,
         "checkpoints": Path(args.checkpoints),
         "results": Path(args.results),
         "threads": args.threads,
@@ -182,7 +193,8 @@ def cmd_tune_select(args: argparse.Namespace) -> None:
     from sekd.tune import select
 
     cfg = _config(args)
-    select(cfg, args.method, Path(args.results), Path(args.out), _tracking(cfg))
+    tracking = _tracking(cfg)
+    select(cfg, args.method, Path(args.results), Path(args.out), tracking, not args.not_tuned)
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
@@ -313,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-name", default=None)
     p.add_argument("--phase", default=None, help="MLflow phase (experiment suffix)")
+    p.add_argument("--tuned", default=None, help="best.yaml of the no-KD baseline's study")
     p = add("distill", cmd_distill, "train a student with a distillation method")
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int, required=True)
@@ -337,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tune", cmd_tune, "run one Optuna worker on a method's KD-weight study")
     p.add_argument("--method", required=True)
     p.add_argument("--worker", type=int, default=0, help="worker index (seeds its sampler)")
-    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--teacher", default=None, help="teacher model folder (KD methods)")
     p.add_argument("--train", required=True, help="training manifest.csv")
     p.add_argument("--valid", required=True, help="validation manifest.csv")
     p.add_argument("--checkpoints", required=True, help="folder for the trials' training state")
@@ -348,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--results", required=True, help="results folder (default journal storage)")
     p.add_argument("--out", required=True, help="folder for best.yaml and the plots")
+    p.add_argument(
+        "--not-tuned",
+        action="store_true",
+        help="no study ran (the baseline when tune.methods is empty): record params.yaml's values",
+    )
     p = add("evaluate", cmd_evaluate, "enhance a test set with a model and score it")
     p.add_argument("--system", required=True, help="name in tables, e.g. noisy, teacher, nokd-0")
     p.add_argument("--model", default=None, help="model folder (omit for the noisy input)")

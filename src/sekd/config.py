@@ -27,6 +27,19 @@ from sekd.io import read_yaml
 DEFAULT_PARAMS = "params.yaml"
 
 
+# The no-KD baseline's study (``tune.nokd``: its own knobs, e.g. the learning rate). It runs
+# whenever a KD method is tuned, with the same budget: every row of a comparison gets the same
+# tuning effort (a tuned KD method against an untuned baseline would credit KD with the tuning).
+BASELINE = "nokd"
+
+
+def tuned_studies(tune_cfg: dict) -> list[str]:
+    """The studies a config runs: each method of ``tune.methods``, plus the no-KD baseline's
+    whenever that list is not empty."""
+    methods = list(tune_cfg["methods"])
+    return [*methods, BASELINE] if methods else []
+
+
 def schema() -> dict:
     text = resources.files("sekd").joinpath("schemas/params.schema.yaml").read_text()
     return yaml.safe_load(text)
@@ -200,6 +213,14 @@ def _check_corpus_fits(cfg: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, or for a value a ``not`` forbids, the schema's reason."""
+    reason = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if error.validator == "not" and reason:
+        return f"{error.instance!r} is not allowed: {reason}"
+    return error.message
+
+
 def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
     """Validate ``cfg`` in place of a run; raise a one-line :class:`SekdError` naming the key."""
     sch = schema()
@@ -207,7 +228,7 @@ def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         first = errors[0]
-        raise SekdError(f"{source}: invalid key '{_key_of(first)}': {first.message}")
+        raise SekdError(f"{source}: invalid key '{_key_of(first)}': {_message(first)}")
     problems: list[tuple[str, str]] = []
     _check_ranges(cfg, sch, sch, "", problems)
     _check_space(cfg, sch, problems)
@@ -230,9 +251,13 @@ def validate_sections(sections: dict, source: str = "--config") -> dict:
         whole = not isinstance(value, dict) or set(sub.get("required", [])) <= set(value)
         parts = {name: (value, sub)} if whole else {}
         for key, item in ({} if whole else value).items():
-            if key not in sub.get("properties", {}):
+            extra = sub.get("additionalProperties")  # e.g. tune.<method> sections
+            item_schema = sub.get("properties", {}).get(
+                key, extra if isinstance(extra, dict) else None
+            )
+            if item_schema is None:
                 raise SekdError(f"{source}: invalid key '{name}.{key}': unknown key")
-            parts[f"{name}.{key}"] = (item, sub["properties"][key])
+            parts[f"{name}.{key}"] = (item, item_schema)
         for path, (item, item_schema) in parts.items():
             _validate_part(item, item_schema, root, path, source)
     return sections
@@ -244,7 +269,7 @@ def _validate_part(value: Any, sub: dict, root: dict, path: str, source: str) ->
     if error is not None:
         key = _key_of(error)
         full = path if key == "<root>" else f"{path}.{key}"
-        raise SekdError(f"{source}: invalid key '{full}': {error.message}")
+        raise SekdError(f"{source}: invalid key '{full}': {_message(error)}")
     problems: list[tuple[str, str]] = []
     _check_ranges(value, sub, root, path, problems)
     if problems:

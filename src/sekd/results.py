@@ -97,9 +97,10 @@ def _model_info(model_dir: Path) -> dict:
 
     meta = yaml.safe_load((model_dir / "model.yaml").read_text())
     info = {k: meta[k] for k in ("name", "params", "macs_per_second") if k in meta}
-    updates = (meta.get("extra") or {}).get("updates")
-    if updates is not None:
-        info["updates"] = int(updates)
+    extra = meta.get("extra") or {}
+    if extra.get("updates") is not None:
+        info["updates"] = int(extra["updates"])
+    info["tuning"] = extra.get("tuning")
     info["weights_sha256"] = file_sha256(model_dir / WEIGHTS)
     return info
 
@@ -111,6 +112,23 @@ def is_trained(info: dict) -> bool:
     written by sekd's engine) is taken as trained.
     """
     return info.get("updates", 1) > 0
+
+
+def tuning_text(info: dict) -> str:
+    """The table's account of a system's tuning: the study's values it trained with and the
+    study's trial count, or that it used params.yaml's values (empty for the noisy input)."""
+    if "name" not in info:  # the noisy input has no model
+        return ""
+    tuning = info.get("tuning") or {}
+    if not tuning.get("study"):
+        return "not tuned"
+    values = ", ".join(
+        f"{name.rsplit('.', 1)[-1]}={value:.3g}"
+        if isinstance(value, float)
+        else f"{name.rsplit('.', 1)[-1]}={value}"
+        for name, value in sorted(tuning["values"].items())
+    )
+    return f"{values} ({tuning['trials']} trials)"
 
 
 def _one_line(summary: dict) -> str:
@@ -182,6 +200,7 @@ def _table_row(method: str, group: list[dict]) -> dict:
     head = {key: stats.pop(key) for key in ("system", "seeds", "ci_over")}
     model = {k: info.get(k) for k in ("params", "macs_per_second", "utterances")}
     model["dnsmos_utterances"] = info.get("dnsmos_utterances", info.get("utterances"))
+    model["tuning"] = tuning_text(info)
     return {**head, **model, **stats}
 
 
@@ -212,7 +231,7 @@ def _mean_ci(mean: float, ci: float | None) -> str:
 def markdown_table(table: pd.DataFrame) -> str:
     """Mean ± 95% CI per metric, one row per system."""
     keys = [k for k in METRIC_KEYS if k in table.columns]
-    head = ["system", "seeds", "params", "MMAC/s", *keys]
+    head = ["system", "seeds", "params", "MMAC/s", "tuned values", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in table.iterrows():
         params = "" if pd.isna(row.get("params")) else f"{int(row['params']):,}"
@@ -221,11 +240,15 @@ def markdown_table(table: pd.DataFrame) -> str:
         cells = [_mean_ci(row[k], row[f"{k}_ci95"]) for k in keys]
         if row.get("status") == NOT_TRAINED:
             cells = [NOT_TRAINED, *[""] * (len(keys) - 1)]
-        seeds = str(row["seeds"])
-        lines.append("| " + " | ".join([row["system"], seeds, params, macs, *cells]) + " |")
+        seeds, tuning = str(row["seeds"]), row.get("tuning")
+        tuning = "" if tuning is None or pd.isna(tuning) else tuning
+        cells = [row["system"], seeds, params, macs, tuning, *cells]
+        lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nMean ± 95% CI (Student t), over seeds' means where a method has several seeds, else over"
-        " test utterances; SI-SDR zero-mean; composite uses wb-PESQ at 16 kHz.\n"
+        " test utterances; SI-SDR zero-mean; composite uses wb-PESQ at 16 kHz. Tuned values:"
+        " the best of the method's Optuna study (the same budget for every tuned method and the"
+        " no-KD baseline), or 'not tuned' (params.yaml's values).\n"
     )
     if any(k.startswith("dnsmos_") for k in keys) and "utterances" in table.columns:
         first = table.iloc[0]

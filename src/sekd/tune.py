@@ -37,13 +37,14 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-from sekd.config import deep_merge
+from sekd.config import BASELINE, deep_merge
 from sekd.errors import SekdError
 from sekd.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "SEKD_OPTUNA_STORAGE"
+
 HEARTBEAT_ATTR = "sekd.heartbeat"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SCHEMA_ATTEMPTS = 5
@@ -227,12 +228,14 @@ def best_values(study: optuna.Study) -> tuple[dict, list[optuna.trial.FrozenTria
     return dict(best.params), front
 
 
-def write_best(path: Path, method: str, values: dict, study: optuna.Study) -> None:
-    """``best.yaml``: the tuned values as a ``distill.<method>`` overlay, plus provenance."""
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+def write_best(path: Path, values: dict, study: optuna.Study | None) -> None:
+    """``best.yaml``: the values to overlay (a plain name is a ``distill.<method>`` key, a dotted
+    one a path from the root) and their provenance: the study and its trials by state. A study of
+    None records that the values are params.yaml's own (nothing tuned)."""
+    states = [t.state.name for t in study.get_trials(deepcopy=False)] if study else []
     doc = {
         "values": values,
-        "study": study.study_name,
+        "study": study.study_name if study else None,
         "trials": {state: states.count(state) for state in sorted(set(states))},
     }
     with atomic_path(path) as tmp:
@@ -240,14 +243,24 @@ def write_best(path: Path, method: str, values: dict, study: optuna.Study) -> No
 
 
 def read_best(path: str | Path) -> dict:
-    """The ``values`` of a ``best.yaml``; a missing or malformed file names itself."""
+    """A ``best.yaml`` (``values``, ``study``, ``trials``); a missing or malformed file names
+    itself."""
     path = Path(path)
     if not path.is_file():
         raise SekdError(f"{path}: tuned values not found (run the tune phase first)")
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict) or not isinstance(doc.get("values"), dict):
         raise SekdError(f"{path}: expected a mapping with 'values'")
-    return doc["values"]
+    return doc
+
+
+def tuning_record(doc: dict | None) -> dict:
+    """What a model's metadata says of its tuning: the values it used from a study (empty when
+    none), the study and how many of its trials completed."""
+    if not doc or doc.get("study") is None:
+        return {"values": {}, "study": None, "trials": 0}
+    trials = doc.get("trials") or {}
+    return {"values": doc["values"], "study": doc["study"], "trials": int(sum(trials.values()))}
 
 
 def is_finite(value: Any) -> bool:
@@ -262,9 +275,8 @@ def config_key(cfg: dict, method: str) -> str:
     from sekd.config import params_hash
 
     tune = {k: v for k, v in cfg["tune"].items() if k not in ("methods", "workers", "storage")}
-    return params_hash({"tune": tune, "method": cfg["distill"][method], "student": cfg["student"]})[
-        :8
-    ]
+    method_cfg = cfg.get("distill", {}).get(method, {})  # the baseline has no distill section
+    return params_hash({"tune": tune, "method": method_cfg, "student": cfg["student"]})[:8]
 
 
 @contextlib.contextmanager
@@ -365,11 +377,13 @@ def run_trial(
     tracker.log_params({"values": values})
     student = trial_cfg["student"]
     train_cfg = {**student["train"], **tune["train"]}
-    teacher = load_model(data["teacher"])
-    distiller = build_distiller(
-        method, teacher, trial_cfg["distill"][method], cfg["distill"]["cache_teacher"]
-    )
-    distiller.cache = shared.get("cache")
+    distiller = None  # the baseline: the task loss alone, no teacher
+    if method != BASELINE:
+        teacher = load_model(data["teacher"])
+        distiller = build_distiller(
+            method, teacher, trial_cfg["distill"][method], cfg["distill"]["cache_teacher"]
+        )
+        distiller.cache = shared.get("cache")
     shared["cfg"] = cfg
     trainer = trial_trainer_class()(
         trial,
@@ -398,7 +412,7 @@ def run_worker(cfg: dict, method: str, worker: int, data: dict, tracking: dict |
     from sekd.tracking import parent_run, start_run
 
     tune = cfg["tune"]
-    if method not in cfg["tune"]["methods"] or "space" not in tune.get(method, {}):
+    if "space" not in tune.get(method, {}):
         raise SekdError(f"tune.{method}.space: {method} has no search space in tune")
     url = storage_url(tune, method, data["results"])
     study = load_study(tune, method, open_storage(url), worker, config_key(cfg, method))
@@ -434,10 +448,23 @@ def run_worker(cfg: dict, method: str, worker: int, data: dict, tracking: dict |
 
 
 def select(
-    cfg: dict, method: str, results: str | Path, out_dir: Path, tracking: dict | None
+    cfg: dict,
+    method: str,
+    results: str | Path,
+    out_dir: Path,
+    tracking: dict | None,
+    tuned: bool = True,
 ) -> dict:
-    """Write ``best.yaml`` and the study's plots to ``out_dir``; tag the best trial's run."""
+    """Write ``best.yaml`` and the study's plots to ``out_dir``; tag the best trial's run.
+
+    ``tuned=False`` (the baseline when no method is tuned): ``best.yaml`` records that no study
+    ran and params.yaml's values hold, so the train stage has the same outputs either way."""
     tune = cfg["tune"]
+    if not tuned:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_best(out_dir / "best.yaml", {}, None)
+        log.info("%s: not tuned (tune.methods is empty): params.yaml's values", method)
+        return {}
     url = storage_url(tune, method, results)
     study = optuna.load_study(
         study_name=study_name(method, config_key(cfg, method)), storage=open_storage(url)
@@ -446,7 +473,7 @@ def select(
         raise SekdError(f"study {study.study_name} in {url}: no completed trial to select from")
     values, best = best_values(study)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_best(out_dir / "best.yaml", method, values, study)
+    write_best(out_dir / "best.yaml", values, study)
     plots = save_plots(study, out_dir)
     _tag_best(study, best, plots, method, tracking)
     log.info("%s: best %s from %d trials", study.study_name, values, len(study.trials))

@@ -5,7 +5,7 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from sekd.config import validate_params
+from sekd.config import BASELINE, tuned_studies, validate_params
 
 validate_params(config, source="snakemake config")
 
@@ -26,6 +26,9 @@ STUDENT_SEEDS = config["student"]["seeds"]
 DISTILL_METHODS = config["distill"]["methods"]
 DISTILL_SEEDS = config["distill"]["seeds"]
 TUNE_METHODS = config["tune"]["methods"]
+# Every study: each method of tune.methods and, when there is one, the no-KD baseline's (its
+# learning rate, tune.nokd), with the same budget; the baseline's runs in the train stage.
+TUNED = tuned_studies(config["tune"])
 
 
 def sections(*names):
@@ -46,15 +49,18 @@ def distill_sections(method):
 
 
 def tune_sections(method):
-    """A study depends on its method's config, the student and the tuning settings."""
+    """A study depends on its method's config (none for the baseline), the student and the
+    tuning settings, not on other methods' search spaces."""
+    others = {*TUNED, "methods"} - {method}  # the workflow, not the job, decides which studies run
     picked = {
         "student": config["student"],
-        "distill": {
+        "tune": {key: value for key, value in config["tune"].items() if key not in others},
+    }
+    if method != BASELINE:
+        picked["distill"] = {
             method: config["distill"][method],
             "cache_teacher": config["distill"]["cache_teacher"],
-        },
-        "tune": config["tune"],
-    }
+        }
     return json.dumps(picked, sort_keys=True)
 
 
@@ -98,6 +104,7 @@ def systems():
 # gates its method's students), evaluations (leaves, ~20 s each) last, so a run ends on many short
 # jobs.
 PRIORITY = {"synth": 100, "teacher": 50, "nokd": 40, "tune": 10, "distill": 5}
+BASELINE_STUDY = f"{RESULTS}/tune/{BASELINE}/best.yaml"  # tuned or not, the baseline's values
 
 
 PHASES = ["corpus", "synth", "train", "tune", "distill", "evaluate", "adapt", "report"]
@@ -120,7 +127,7 @@ def phase_outputs(phase, method=None):
         "synth": [*(f"{DATA}/mixtures/{split}" for split in SPLITS), f"{DATA}/personal"],
         # the teacher and the no-KD baselines learn from labels alone: one stage, so DVC runs the
         # students beside the teacher instead of leaving a core idle behind it
-        "train": [TEACHER, *(student_dir("nokd", seed) for seed in STUDENT_SEEDS)],
+        "train": [TEACHER, *(student_dir("nokd", seed) for seed in STUDENT_SEEDS), BASELINE_STUDY],
         "tune": [path for m in TUNE_METHODS for path in phase_outputs("tune", m)],
         "distill": [path for m in DISTILL_METHODS for path in phase_outputs("distill", m)],
         "evaluate": [

@@ -29,7 +29,7 @@ from .rooms import Room, compute_rir, draw_rir, draw_room, drr_db, measure_rt60
 log = logging.getLogger(__name__)
 
 SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2, "personal": 3}
-MIXTURE_STREAM, ROOM_STREAM, PLAN_STREAM = 0, 1, 2
+MIXTURE_STREAM, ROOM_STREAM, PLAN_STREAM, SESSION_SNR_STREAM = 0, 1, 2, 3
 # Personal sets use the test part of each noise recording, halved so adapt and test share no sample.
 PERSONAL_NOISE_REGIONS = {"adapt": (0.8, 0.9), "test": (0.9, 1.0)}
 
@@ -254,16 +254,31 @@ def plan_personal(
     cfg: dict,
     rooms: dict[str, Room],
 ) -> list[MixtureJob]:
-    """Per speaker: one room, fixed source and mic, one noise; disjoint adapt/test utterances."""
+    """Per speaker: one room, fixed source and mic, one noise; disjoint adapt/test utterances.
+
+    With ``synth.personal.session_snr_db`` each speaker's session (adapt and test) is mixed at one
+    SNR from that list, as the zero-shot PSE recipe's sessions are; the SNRs are dealt over the
+    speakers in balanced rounds from a stream of their own, so nothing else is drawn differently.
+    """
     noises = _sorted_noises(noises)
     seed, index = int(cfg["seed"]), SPLIT_INDEX["personal"]
     need = {"adapt": int(cfg["personal"]["adapt"]), "test": int(cfg["personal"]["test"])}
     noise_order = _cycle_permutations(
         np.random.default_rng([seed, index, PLAN_STREAM]), len(noises), len(speakers)
     )
-    settings = _job_settings(cfg)
+    session_snrs = cfg["personal"].get("session_snr_db")
+    if session_snrs:
+        snr_order = _cycle_permutations(
+            np.random.default_rng([seed, index, SESSION_SNR_STREAM]),
+            len(session_snrs),
+            len(speakers),
+        )
     jobs = []
     for k, speaker in enumerate(speakers):
+        settings = _job_settings(cfg)
+        if session_snrs:
+            snr = float(session_snrs[snr_order[k]])
+            settings["snr_range"] = (snr, snr)
         pool = _split_pool(utterances, [speaker], "synth.personal")
         if len(pool) < need["adapt"] + need["test"]:
             raise SekdError(

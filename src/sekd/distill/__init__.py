@@ -114,6 +114,7 @@ def train_loss_method(job: DistillJob, tracker: Any) -> dict:
         tracker=tracker,
         loss_fn=build_distiller(job.method, teacher, job.method_cfg, job.cache_teacher),
         extra_hash=identity,
+        metadata={"tuning": job.tuning} if job.tuning else None,
     )
 
 

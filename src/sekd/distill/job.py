@@ -12,7 +12,8 @@ class DistillJob:
 
     ``student`` is the ``student`` section (``model`` and ``train``), ``method_cfg`` the
     ``distill.<method>`` section; ``init`` a model folder to start from (methods whose config
-    asks for one), ``workers`` the processes a method may use for scoring.
+    asks for one), ``workers`` the processes a method may use for scoring, ``tuning`` the
+    record of the study whose values the config carries (:func:`sekd.tune.tuning_record`).
     """
 
     method: str
@@ -28,6 +29,7 @@ class DistillJob:
     workers: int = 1
     init: Path | None = None
     cache_teacher: bool = True
+    tuning: dict | None = None
 
     @property
     def run_name(self) -> str:

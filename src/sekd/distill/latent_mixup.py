@@ -84,30 +84,30 @@ def split_depth(model: nn.Module) -> int | None:
 
 
 def check_split(model: nn.Module, role: str, key: str, split: int | None) -> int | None:
-    """``split`` (after layer k, or None: the whole stack) if ``model`` can be split there."""
+    """``split`` (after layer k, or None: the whole stack) if ``model`` can be split there;
+    ``key`` (``distill.<method>.split_layer``) names the option in errors."""
     if split is None:
         return None
     depth = split_depth(model)
     if depth is None:
         raise SekdError(
-            f"{KEY}.{key}: {role}.model.name: {type(model).__name__} has no GRU layers to split "
+            f"{key}: {role}.model.name: {type(model).__name__} has no GRU layers to split "
             "after; only gru_mask takes a split depth (leave the key out)"
         )
     if split > depth:
         raise SekdError(
-            f"{KEY}.{key}: {split} is past the {role}'s {depth} GRU layers "
-            f"({role}.model.conf.layers)"
+            f"{key}: {split} is past the {role}'s {depth} GRU layers ({role}.model.conf.layers)"
         )
     return int(split)
 
 
-def check_pair(teacher: nn.Module, student: nn.Module) -> None:
+def check_pair(teacher: nn.Module, student: nn.Module, section: str = KEY) -> None:
     """Latents can only be compared frame by frame when both models frame the signal alike."""
     check_splittable(teacher, "teacher")
     check_splittable(student, "student")
     if teacher.frame_grid != student.frame_grid:
         raise SekdError(
-            f"{KEY}: teacher.model.conf {teacher.frame_grid} and student.model.conf "
+            f"{section}: teacher.model.conf {teacher.frame_grid} and student.model.conf "
             f"{student.frame_grid} frame the signal differently; latent KD needs the same model "
             "family and framing (n_fft/hop, or L)"
         )
@@ -171,7 +171,7 @@ class LatentMixupKD(Distiller):
         teacher_key = "split_layer"
         if self.cfg["teacher_split_layer"] is not None:
             split, teacher_key = self.cfg["teacher_split_layer"], "teacher_split_layer"
-        self.teacher_split = check_split(teacher, "teacher", teacher_key, split)
+        self.teacher_split = check_split(teacher, "teacher", f"{self.section}.{teacher_key}", split)
         width = teacher.latent_dim
         student_decodes = self.cfg["decoder"] == "student"
         if student is None:
@@ -179,7 +179,7 @@ class LatentMixupKD(Distiller):
             if student_decodes:
                 self.back: nn.Module = LazyOutLinear(width)
         else:
-            check_pair(teacher, student)
+            check_pair(teacher, student, self.section)
             self.student_split(student)
             self.adapter = nn.Linear(student.latent_dim, width)
             if student_decodes:
@@ -188,7 +188,13 @@ class LatentMixupKD(Distiller):
     # ------------------------------------------------------------ split helpers
 
     def student_split(self, student: nn.Module) -> int | None:
-        return check_split(student, "student", "split_layer", self.cfg["split_layer"])
+        key = f"{self.section}.split_layer"
+        return check_split(student, "student", key, self.cfg["split_layer"])
+
+    @property
+    def section(self) -> str:
+        """The method's params section, as errors name it."""
+        return f"distill.{self.name}"
 
     @staticmethod
     def encode(
@@ -238,7 +244,7 @@ class LatentMixupKD(Distiller):
     # ------------------------------------------------------------ the loss
 
     def forward(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        check_pair(self.teacher, student)
+        check_pair(self.teacher, student, self.section)
         split = self.student_split(student)
         noisy, target = batch["noisy"], batch["target"]
         h_s, context_s = self.encode(student, noisy, split)
@@ -302,4 +308,24 @@ class LatentMixupKD(Distiller):
         return feat, sisdr_distance(estimate, reference)
 
 
-__all__ = ["LatentMixupKD", "check_pair", "check_split", "frame_mask", "masked_mse", "mix"]
+class FitNetsKD(LatentMixupKD):
+    """FitNets (Romero et al., 2015), the feature-KD baseline of latent mixup as its own method
+    (``distill.fitnets``): the ``feature_mse`` variant, ``L = task + β2 ||P(h_S) - h_T||²``, at
+    the same split depth, so a run can report it beside latent mixup."""
+
+    name: ClassVar[str] = "fitnets"
+
+    def __init__(self, teacher: nn.Module, cfg: dict, student: nn.Module | None = None) -> None:
+        fixed = {"variant": "feature_mse", "alpha": 1.0, "beta1": 0.0, "gamma": 0.0}
+        super().__init__(teacher, {**cfg, **fixed}, student)
+
+
+__all__ = [
+    "FitNetsKD",
+    "LatentMixupKD",
+    "check_pair",
+    "check_split",
+    "frame_mask",
+    "masked_mse",
+    "mix",
+]

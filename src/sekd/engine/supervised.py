@@ -304,13 +304,14 @@ def train_model(
     loss_fn: LossFn | None = None,
     init_weights: str | Path | None = None,
     extra_hash: Any = None,
+    metadata: dict | None = None,
 ) -> dict:
     """Train (or resume) a model and write ``out_dir`` atomically; return its metrics.
 
     ``loss_fn(model, batch) -> (loss, components)`` replaces the SI-SDR task loss (distillation);
     an ``nn.Module`` loss has its parameters trained and checkpointed too. ``init_weights`` starts
     from a safetensors file. ``extra_hash`` (e.g. the distillation config) joins the checkpoint
-    identity.
+    identity. ``metadata`` joins ``model.yaml``'s ``extra`` (e.g. the tuning record).
     """
     tracker = tracker or NullTracker()
     trainer = Trainer(
@@ -344,6 +345,7 @@ def train_model(
         "config_hash": trainer.hash,
         "best_epoch": trainer.best_epoch,
         "updates": trainer.best_updates,
+        **(metadata or {}),
     }
     out_dir = write_model_dir(
         out_dir, [SavedModel("", trainer.model, model_cfg, extra)], metrics, trainer.history
