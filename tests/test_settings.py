@@ -100,7 +100,7 @@ def setting(request, synthesised: Path, tmp_path_factory) -> SettingRun:
     for file in files:
         overlay = deep_merge(overlay, yaml.safe_load((repo / file).read_text()))
     config = load_params(repo / "params.yaml", *(repo / file for file in files))
-    return SettingRun(name, repo, config, overlay, job_stats(proc.stdout), seconds)
+    return SettingRun(name, repo, config, overlay, job_stats(proc.stdout + proc.stderr), seconds)
 
 
 def students(config: dict) -> dict[str, str]:
