@@ -11,11 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tiny import write_set
+from tiny import tiny_train, write_set
 
 from sekd.config import load_params, validate_params
+from sekd.data.datasets import collate
 from sekd.device import seed_everything
 from sekd.distill.okd import OKDTrainer, generator_config, okd_config, train_okd
+from sekd.engine.supervised import Trainer
 from sekd.errors import SekdError
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters
@@ -215,3 +217,35 @@ def test_okd_settings_overlay_validates_and_asks_for_the_official_setup():
     gen = build_model(cfg["name"], cfg["conf"])
     assert (gen.n_fft, gen.hop) == (512, 256)
     assert torch.allclose(gen.window, torch.hamming_window(512))
+
+
+def test_okd_overlays_no_kd_baseline_is_the_official_generator_trained_supervised(
+    tiny_data, tmp_path
+):
+    """The no-KD row of the okd setting is the official BLSTM (the OKD generators' architecture),
+    trained by the common supervised trainer: one step on the task loss moves its weights."""
+    params = load_params(ROOT / "params.yaml", ROOT / "config" / "settings" / "okd.yaml")
+    student = params["student"]["model"]
+    assert student["name"] == "metricgan_blstm"
+    official = generator_config(student, params["distill"]["okd"]["min_mask"], "official")
+    assert student["name"] == official["name"]
+    assert {k: v for k, v in student["conf"].items() if k != "bidirectional"} == official["conf"]
+    train, valid = tiny_data
+    trainer = Trainer(student, tiny_train(), train, valid, tmp_path / "ck")
+    assert isinstance(trainer.model, MetricGANBLSTM)
+    assert count_parameters(trainer.model) == 1_895_514
+    batch = collate([trainer.train_set[i] for i in range(2)])
+    assert trainer.model(batch["noisy"]).shape == batch["noisy"].shape  # a waveform, same length
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    loss, parts = trainer.step(batch)
+    assert math.isfinite(loss) and trainer.updates == 1 and math.isfinite(parts["si_sdr"])
+    moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("lstm.") for k in moved) and any(k.startswith("fc2.") for k in moved)
+    trainer.dtype = torch.bfloat16  # AMP as on a GPU (CPU autocast: the BLSTM's output is bf16)
+    loss, _ = trainer.step(batch)
+    assert math.isfinite(loss) and trainer.updates == 2
+
+
+def test_official_generator_refuses_a_unidirectional_conf():
+    with pytest.raises(SekdError, match="bidirectional"):
+        build_model("metricgan_blstm", {"bidirectional": False})

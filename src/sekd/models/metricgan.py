@@ -49,9 +49,12 @@ class Log1pMaskDecoder:
     the log1p magnitude, which ``expm1`` and the noisy phase turn back into a waveform."""
 
     def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
-        """Masked log1p magnitude -> ``expm1`` -> noisy phase -> iSTFT."""
+        """Masked log1p magnitude -> ``expm1`` -> noisy phase -> iSTFT. The mask head runs under
+        the caller's autocast (its input is the recurrent layer's reduced-precision output; the
+        mask itself is float32); the signal chain after it in float32."""
+        mask = self.mask(latent)
         with torch.autocast(latent.device.type, enabled=False):
-            enhanced_log = self.mask(latent) * self.features(context.spec)
+            enhanced_log = mask * self.features(context.spec)
             magnitude = torch.expm1(enhanced_log).transpose(1, 2)
             spec = torch.polar(magnitude, torch.angle(context.spec))
             return self.istft(spec, context.length)
