@@ -11,7 +11,7 @@ import torch
 import yaml
 from repo_copy import copy_repo, run, tiny_overlay
 
-from sekd.config import deep_merge, load_params
+from sekd.config import deep_merge, load_params, validate_params
 from sekd.distill import build_distiller
 from sekd.errors import SekdError
 from sekd.losses.stft import stft
@@ -57,6 +57,7 @@ def test_a_model_named_with_its_conf_replaces_the_earlier_one():
         deep_merge(setting_params(), tiny_overlay()), yaml.safe_load(TINY_SETTING.read_text())
     )
     assert merged["student"]["model"]["conf"].keys() == {*"NLBHPXR", "causal", "mask_act"}
+    assert validate_params(merged)["distill"]["methods"] == ["output_kd", "dfkd"]
 
 
 def test_snakemake_merges_the_setting_over_params_yaml(tmp_path):
