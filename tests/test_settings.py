@@ -222,6 +222,40 @@ def check_pse(setting: SettingRun) -> None:
         assert (history["lr"] == setting.config["adapt"]["train"]["lr"]).all()  # constant
 
 
+def check_pse_sessions(setting: SettingRun) -> None:
+    """|Y| features for the student; one SNR from the list per speaker's session."""
+    check_pse(setting)
+    nokd = yaml.safe_load((setting.repo / "models/students/nokd/0/model.yaml").read_text())
+    assert nokd["conf"]["feature"] == "magnitude"
+    manifest = pd.read_csv(setting.repo / "data/personal/manifest.csv")
+    allowed = setting.config["synth"]["personal"]["session_snr_db"]
+    for _, group in manifest.groupby("speaker"):
+        assert group["snr_db"].nunique() == 1 and group["snr_db"].iloc[0] in allowed
+
+
+def check_latent_mixup(setting: SettingRun) -> None:
+    """Split after GRU layer 1 for both KD students; FitNets and the baseline tuned alike."""
+    for method in ("latent_mixup", "fitnets"):
+        params = mlflow_params(setting.repo, f"distill/{method}/")
+        assert params and all(p[f"distill.{method}.split_layer"] == "1" for p in params.values())
+    table = pd.read_csv(setting.repo / "results/table.csv").set_index("system")["tuning"]
+    trials = setting.config["tune"]["trials"]
+    assert table["nokd"].startswith("lr=") and table["nokd"].endswith(f"({trials} trials)")
+    assert table["fitnets"].startswith("beta2=") and table["latent_mixup"] == "not tuned"
+
+
+def check_dfkd_convtasnet(setting: SettingRun) -> None:
+    """A Conv-TasNet pair, the student smaller than the teacher."""
+    teacher = yaml.safe_load(
+        (
+            setting.repo / "models/teacher" / setting.config["teacher"]["name"] / "model.yaml"
+        ).read_text()
+    )
+    student = yaml.safe_load((setting.repo / "models/students/dfkd/0/model.yaml").read_text())
+    assert teacher["name"] == student["name"] == "convtasnet"
+    assert student["params"] < teacher["params"]
+
+
 def check_dfkd(setting: SettingRun) -> None:
     """The phase-estimating pair: a complex-mask teacher and students on the complex feature."""
     for folder in ("teacher/" + setting.config["teacher"]["name"], "students/dfkd/0"):
@@ -231,10 +265,15 @@ def check_dfkd(setting: SettingRun) -> None:
     assert params and all(p["distill.dfkd.rise"] == "absolute" for p in params.values())
 
 
-CHECKS = {"okd": check_okd, "pse": check_pse, "dfkd": check_dfkd}
+CHECKS = {
+    "okd": check_okd,
+    "pse": check_pse_sessions,
+    "dfkd": check_dfkd,
+    "dfkd_convtasnet": check_dfkd_convtasnet,
+    "latent_mixup": check_latent_mixup,
+}
 
 
 def test_the_settings_own_point_took_effect(setting: SettingRun) -> None:
-    if setting.name not in CHECKS:
-        pytest.skip(f"no setting-specific check for {setting.name} (the generic ones ran)")
+    assert setting.name in CHECKS, f"config/settings/{setting.name}.yaml: add its check here"
     CHECKS[setting.name](setting)

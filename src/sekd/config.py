@@ -46,10 +46,16 @@ def schema() -> dict:
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
-    """Return ``base`` with ``overlay`` merged in: mappings merge key by key, other values replace."""
+    """Return ``base`` with ``overlay`` merged in: mappings merge key by key, other values replace.
+
+    A model given with both ``name`` and ``conf`` replaces the earlier one whole: another model's
+    conf keys mean nothing to it (a Conv-TasNet over params.yaml's GRU), and an overlay that names
+    a model says all of its conf. An overlay with ``conf`` keys alone changes only those keys.
+    """
     out = copy.deepcopy(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        names_model = isinstance(value, dict) and {"name", "conf"} <= set(value)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not names_model:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -5,8 +5,25 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from sekd.config import BASELINE, tuned_studies, validate_params
+from snakemake.common.configfile import load_configfile
 
+from sekd.config import BASELINE, deep_merge, tuned_studies, validate_params
+
+
+def _sekd_merged_config():
+    """Snakemake merges its config files key by key; merge the same files (the `configfile:`
+    directive's, then --configfile's, then --config) with sekd's merge, where a model given with
+    name and conf replaces the earlier one (a Conv-TasNet setting over params.yaml's GRU)."""
+    cli = list(workflow.overwrite_configfiles or ())
+    merged = {}
+    for path in [*workflow.configfiles[len(cli) :], *cli]:
+        merged = deep_merge(merged, load_configfile(path))
+    return deep_merge(merged, dict(workflow.config_settings.config or {}))
+
+
+_merged = _sekd_merged_config()
+config.clear()
+config.update(_merged)
 validate_params(config, source="snakemake config")
 
 if config["tracking"]["uri"]:
