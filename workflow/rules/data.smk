@@ -46,6 +46,13 @@ rule noise:
         " --workers {threads} 2> {log}"
 
 
+def synth_sections(personal):
+    """The personal sets depend on synth.personal; the mixture splits do not (a change of the
+    personal sessions must not rebuild the training data and everything trained on it)."""
+    synth = {key: value for key, value in config["synth"].items() if personal or key != "personal"}
+    return json.dumps({"synth": synth, "split": config["split"]}, sort_keys=True)
+
+
 rule synth:
     input:
         corpus=f"{DATA}/corpus",
@@ -55,7 +62,7 @@ rule synth:
     wildcard_constraints:
         split="train|valid|test",
     params:
-        cfg=sections("synth", "split"),
+        cfg=synth_sections(personal=False),
     log:
         "logs/synth/{split}.log",
     benchmark:
@@ -79,7 +86,7 @@ checkpoint synth_personal:
     output:
         directory(f"{DATA}/personal"),
     params:
-        cfg=sections("synth", "split"),
+        cfg=synth_sections(personal=True),
     log:
         "logs/synth/personal.log",
     benchmark:
