@@ -229,7 +229,7 @@ def test_okd_overlays_no_kd_baseline_is_the_official_generator_trained_supervise
     assert student["name"] == "metricgan_blstm"
     official = generator_config(student, params["distill"]["okd"]["min_mask"], "official")
     assert student["name"] == official["name"]
-    assert {k: v for k, v in student["conf"].items() if k != "bidirectional"} == official["conf"]
+    assert student["conf"] == official["conf"]
     train, valid = tiny_data
     trainer = Trainer(student, tiny_train(), train, valid, tmp_path / "ck")
     assert isinstance(trainer.model, MetricGANBLSTM)
@@ -246,6 +246,10 @@ def test_okd_overlays_no_kd_baseline_is_the_official_generator_trained_supervise
     assert math.isfinite(loss) and trainer.updates == 2
 
 
-def test_official_generator_refuses_a_unidirectional_conf():
-    with pytest.raises(SekdError, match="bidirectional"):
-        build_model("metricgan_blstm", {"bidirectional": False})
+def test_the_okd_overlay_replaces_the_gru_student_whole():
+    """A model given with name and conf replaces params.yaml's GRU: no GRU key leaks into the
+    BLSTM's conf (the schema and the model refuse them)."""
+    cfg = load_params(ROOT / "params.yaml", ROOT / "config" / "settings" / "okd.yaml")
+    assert "bidirectional" not in cfg["student"]["model"]["conf"]
+    with pytest.raises((TypeError, SekdError), match="bidirectional"):
+        build_model("metricgan_blstm", {"bidirectional": True})

@@ -6,8 +6,7 @@ Signal chain as in the official code: STFT with a (periodic) Hamming window, ``n
 centred with zero padding (``pad_mode='constant'``); feature ``log1p(sqrt(re^2 + im^2 + 1e-14))``
 (257 bins); a 2-layer BLSTM (200 units per direction, dropout 0.1 between the layers) -> Linear
 400 -> 300 -> LeakyReLU(0.3) -> Linear 300 -> 257 -> learnable sigmoid ``1.2 * sigmoid(a_f * z)``
-(one slope per bin, init 1). ``bidirectional`` must be true (it is accepted so that an overlay of
-``student.model``, merged key by key into a GRU conf, can state it). The mask, clamped below at ``min_mask`` (official 0.05), multiplies the
+(one slope per bin, init 1). The mask, clamped below at ``min_mask`` (official 0.05), multiplies the
 log1p magnitude; the waveform is ``iSTFT(expm1(S_hat) * exp(j * noisy phase))`` to the input length.
 
 Init as official: LSTM input weights Xavier-uniform, recurrent weights orthogonal (each on the
@@ -48,14 +47,8 @@ class MetricGANBLSTM(Log1pMaskDecoder, FramedMaskNet):
         n_fft: int = 512,
         hop: int = 256,
         min_mask: float = 0.05,
-        bidirectional: bool = True,
     ) -> None:
         super().__init__()
-        if not bidirectional:
-            raise SekdError(
-                "metricgan_blstm conf 'bidirectional': false; the official generator is a BLSTM "
-                "(a student.model overlay merges into the base conf key by key: set it to true)"
-            )
         if hop > n_fft:
             raise SekdError(f"metricgan_blstm conf 'hop': {hop} is larger than n_fft {n_fft}")
         if not 0.0 <= min_mask < MASK_CEILING:
