@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from sekd.errors import SekdError
+from sekd.models.fast_gru import run_gru_layers
 from sekd.models.framed import FramedMaskNet
 from sekd.models.gru_mask import STFTContext
 
@@ -136,7 +137,7 @@ class GRUCMaskNet(FramedMaskNet):
         context = self.context(wave)
         with torch.autocast(wave.device.type, enabled=False):
             feats = self.features(context.spec)
-        return self.gru(feats)[0], context
+        return run_gru_layers(self.gru, feats), context
 
     def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
         """Second half of ``forward``: bounded complex mask times ``context``'s STFT, iSTFT."""

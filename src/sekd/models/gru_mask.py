@@ -17,14 +17,13 @@ for many sizes.
 from __future__ import annotations
 
 import math
-import re
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from sekd.errors import SekdError
+from sekd.models.fast_gru import run_gru_layers
 from sekd.models.framed import FramedMaskNet
 
 FEATURES = ("log1p", "magnitude")
@@ -91,29 +90,9 @@ class GRUMaskNet(FramedMaskNet):
         return split
 
     def _run_layers(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
-        """GRU layers ``first+1..last`` of the stack on ``x`` [B, frames, ·] (zero initial state).
-
-        The whole stack is ``self.gru`` itself; a part runs the same parameters through a
-        parameter-free (meta) GRU of that many layers, so the split is exact.
-        """
-        if first == last:
-            return x
-        if first == 0 and last == self.gru.num_layers:
-            return self.gru(x)[0]
-        gru = self.gru
-        part = nn.GRU(
-            x.shape[-1],
-            gru.hidden_size,
-            num_layers=last - first,
-            batch_first=True,
-            bidirectional=gru.bidirectional,
-            device="meta",
-        )
-        params = {
-            name: getattr(gru, re.sub(r"_l(\d+)", lambda m: f"_l{int(m[1]) + first}", name))
-            for name in part._flat_weights_names
-        }
-        return functional_call(part, params, (x,))[0]
+        """GRU layers ``first+1..last`` of the stack on ``x`` [B, frames, ·] (zero initial state),
+        through the same parameters whatever the split, so the split is exact."""
+        return run_gru_layers(self.gru, x, first, last)
 
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         """Network input ``[B, frames, F]`` from the complex STFT."""

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from sekd.errors import SekdError
+from sekd.models.fast_gru import run_gru_layers
 from sekd.models.gru_mask import GRUMaskNet, STFTContext
 
 MASK_CEILING = 1.2  # the learnable sigmoid's range is (0, 1.2): a mask may boost a bin slightly
@@ -96,8 +97,7 @@ class MetricGANGRU(Log1pMaskDecoder, GRUMaskNet):
 
     def enhance_features(self, features: torch.Tensor) -> torch.Tensor:
         """``S_hat = clamp(M, min_mask) * Y`` on log1p spectrograms ``[B, frames, F]`` (training)."""
-        latent, _ = self.gru(features)
-        return self.mask(latent) * features
+        return self.mask(run_gru_layers(self.gru, features)) * features
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """``log1p|STFT|`` ``[B, frames, F]`` in float32: the generator's and D's input domain."""
