@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import torch
 import yaml
 from tiny import write_set
 
+from sekd.config import load_params, validate_params
 from sekd.distill.okd import okd_config, train_okd
 from sekd.distill.okd_history import Entry, d_inputs
 from sekd.engine import CHECKPOINT, KILL_ENV
@@ -49,6 +51,7 @@ OKD = {
     "segment_seconds": 0.3,
 }
 BINS = 17  # n_fft 32: the fewest bins the discriminator accepts
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,6 +110,28 @@ def test_discriminator_shapes_parameter_count_and_spectral_norm():
         assert abs(float(sigma) - 1.0) < 0.05
     with pytest.raises(SekdError, match="at least 17"):
         disc(torch.randn(1, 2, 16, BINS))
+
+
+def test_bfloat16_discriminator_runs_its_layers_in_bfloat16_and_stays_close():
+    torch.manual_seed(0)
+    exact = MetricDiscriminator(2)
+    fast = MetricDiscriminator(2, "bfloat16")
+    fast.load_state_dict(exact.state_dict())  # same weights and power-iteration vectors
+    seen = []
+    for disc in (exact, fast):
+        disc.convs[-1].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    pair = 3 * torch.rand(1, 2, 40, BINS)
+    test = pair.clone().requires_grad_(True)
+    expected, got = exact(pair), fast(test)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert got.dtype == torch.float32 and not torch.equal(got, expected)
+    torch.testing.assert_close(got, expected, atol=1e-2, rtol=0)
+    assert torch.equal(fast.norm.running_mean, exact.norm.running_mean)  # BatchNorm in float32
+    got.sum().backward()  # the generator phase's path: a float32 gradient back to the input
+    assert test.grad.dtype == torch.float32 and test.grad.abs().sum() > 0
+    assert all(p.grad.dtype == torch.float32 for p in fast.parameters() if p.grad is not None)
+    with pytest.raises(SekdError, match="precision 'float16'"):
+        MetricDiscriminator(2, "float16")
 
 
 # ---------------------------------------------------------------- targets and losses
@@ -287,3 +312,24 @@ def test_the_schema_offers_exactly_the_target_metrics_the_code_computes():
     from sekd.metrics.targets import TARGET_METRICS
 
     assert schema()["$defs"]["okd_metric"]["enum"] == list(TARGET_METRICS)
+
+
+def test_d_precision_is_an_option_whose_default_keeps_the_config_identity(tiny_data, tmp_path):
+    assert okd_config({**OKD, "d_precision": "float32"}) == okd_config(OKD)
+    assert okd_config({**OKD, "d_precision": "bfloat16"})["d_precision"] == "bfloat16"
+    params = load_params(ROOT / "params.yaml")
+    params["distill"]["okd"]["d_precision"] = "bfloat16"
+    validate_params(copy.deepcopy(params))
+    params["distill"]["okd"]["d_precision"] = "float16"
+    with pytest.raises(SekdError, match="d_precision"):
+        validate_params(params)
+    train, valid = tiny_data
+    single = {k: v for k, v in OKD.items() if k not in ("metrics", "alpha")}
+    cfg = {**single, "metric": "pesq", "epochs": 1, "samples_per_epoch": 2}
+    losses = []
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        ck = tmp_path / f"{precision}_ck"
+        train_okd(STUDENT, {**cfg, "d_precision": precision}, train, valid, out, ck)
+        losses.append(pd.read_csv(out / "history.csv")["loss_d"].iloc[0])
+    assert losses[0] != losses[1] and losses[1] == pytest.approx(losses[0], rel=0.01)

@@ -7,11 +7,12 @@ lazy imports, allocator growth and ONNX/DNSMOS model loading, which a long run n
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,20 @@ def fmt(value: Any) -> str:
             return f"{value:.1f}"
         return f"{value:.3g}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
     return str(value)
+
+
+@contextlib.contextmanager
+def on_device(device: str) -> Iterator[None]:
+    """``SEKD_DEVICE=device`` for the duration: how the library is told where to train."""
+    saved = os.environ.get("SEKD_DEVICE")
+    os.environ["SEKD_DEVICE"] = device
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SEKD_DEVICE")
+        else:
+            os.environ["SEKD_DEVICE"] = saved
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -1,4 +1,5 @@
-"""Training throughput of the teacher and the student, and the share of a step spent on data.
+"""Training throughput of the teacher and the student, the share of a step spent on data, and
+the seconds of a MetricGAN-OKD epoch phase by phase (:mod:`.okd_epoch`).
 
 Runs ``sekd.engine.Trainer`` (its datasets, collate, optimiser, AMP and clipping) on a temporary
 manifest of synthetic mixtures of the demo's length, with the train settings of params.yaml. The
@@ -9,7 +10,6 @@ too when one is present, with the configured mixed precision.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -21,13 +21,14 @@ from torch.utils.data import DataLoader, RandomSampler
 from sekd.data.datasets import collate
 from sekd.engine import Trainer
 
-from .common import Options, Result, Table, params
+from .common import Options, Result, Table, on_device, params
+from .okd_epoch import okd_table
 
 UTTERANCE_SECONDS = 2.8  # the demo's mixtures: 6-11 eSpeak words
 TARGET_WAIT_SHARE = 0.10
 
 
-def manifests(root: Path, options: Options, count: int) -> tuple[Path, Path]:
+def manifests(root: Path, options: Options, count: int, valid: int = 2) -> tuple[Path, Path]:
     """Train and valid manifests of tone-in-noise mixtures (tests/tiny.py's writer)."""
     sys.path.insert(0, str(options.repo / "tests"))
     try:
@@ -35,21 +36,14 @@ def manifests(root: Path, options: Options, count: int) -> tuple[Path, Path]:
     finally:
         sys.path.pop(0)
     train = write_tiny_set(root, "train", count, UTTERANCE_SECONDS, seed=0)
-    return train, write_tiny_set(root, "valid", 2, UTTERANCE_SECONDS, seed=1)
+    return train, write_tiny_set(root, "valid", valid, UTTERANCE_SECONDS, seed=1)
 
 
 def trainer(role: dict, device: str, train: Path, valid: Path, checkpoints: Path) -> Trainer:
-    """A fresh Trainer on ``device`` (``SEKD_DEVICE`` is how the library is told)."""
-    saved = os.environ.get("SEKD_DEVICE")
-    os.environ["SEKD_DEVICE"] = device
-    try:
+    """A fresh Trainer on ``device``."""
+    with on_device(device):
         train_cfg = {**role["train"], "epochs": 1}
         return Trainer(role["model"], train_cfg, train, valid, checkpoints, threads=1)
-    finally:
-        if saved is None:
-            os.environ.pop("SEKD_DEVICE")
-        else:
-            os.environ["SEKD_DEVICE"] = saved
 
 
 def measure(job: Trainer) -> dict:
@@ -113,11 +107,15 @@ def run(options: Options) -> Result:
                 table.rows.append(
                     [f"{role} {conf['layers']}x{conf['hidden']}", device, *row(result)]
                 )
+        okd = cfg["distill"]["okd"]
+        utterances = max(okd["samples_per_epoch"], okd["valid_utterances"] or 1)
+        okd_data = manifests(Path(tmp) / "okd", options, utterances, valid=utterances)
+        figures["okd"], okd_rows = okd_table(cfg, *okd_data, Path(tmp) / "okd" / "runs")
     if len(devices) == 1:
         table.notes.append("no CUDA device here: GPU rows not measured")
     else:
         table.notes.append(f"GPU: {torch.cuda.get_device_name(0)}, autocast as train.amp says")
-    return Result(figures, [table])
+    return Result(figures, [table, okd_rows])
 
 
 def row(result: dict) -> list:

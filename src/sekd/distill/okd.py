@@ -42,12 +42,16 @@ that state back and forth. What stands alone lives elsewhere: metric targets in
 :mod:`sekd.metrics.targets`, the GAN losses in :mod:`sekd.losses.metricgan`, the replay history in
 :mod:`sekd.distill.okd_history`, the loop, checkpoint and outputs in :mod:`sekd.engine`.
 
-Cost. The discriminator dominates: on a 1 s crop at hop 128 (126 x 257 bins) a D step takes about
-0.65 s of one CPU core and a generator step (D forward, backward to its input) about 0.4 s. An
-epoch makes ``N * n`` generator steps and ``5 n + int(hist_portion * H)`` D steps (``n`` utterances,
-``H`` the history size), plus scoring and validation, so the official 750 x 100 schedule on whole
-utterances is GPU work; the demo values in params.yaml (2 epochs x 4 one-second crops, one generator phase) take
-about half a minute of one core.
+Cost. The discriminator dominates: on a 1 s crop at hop 128 (126 x 257 bins) a D step (forward,
+backward, Adam) takes about 0.5 s of one CPU core and a generator step (D forward, backward to its
+input) about 0.4 s; its four convolutions are about 95 % of that and already run near the core's
+float32 peak, so neither batching nor caching can make a step cheaper at the same numerics. An
+epoch makes ``N * n`` generator steps and ``7 n + int(hist_portion * H)`` D steps (``n``
+utterances, ``H`` the history size: 3 n on the current set, n + the replay, 3 n again), plus
+scoring and validation, so the official 750 x 100 schedule on whole utterances is GPU work. The
+opt-in ``d_precision: bfloat16`` runs D's layers under bfloat16 autocast (about half the D step on
+a CPU with AVX512-BF16; see :class:`~sekd.models.metricgan.MetricDiscriminator`); the default,
+``float32``, keeps the official numerics and the config hash of a config without the key.
 """
 
 from __future__ import annotations
@@ -103,7 +107,11 @@ DEFAULTS: dict[str, Any] = {"segment_seconds": None, "valid_utterances": None, "
 GENERATOR_ONLY_KEYS = ("activation.slope",)  # MetricGAN's learnable-sigmoid slopes (init 1)
 # Optional keys left out of the canonical config when at their default, so that a config without
 # them keeps its identity hash (and its outputs) byte for byte.
-OPTIONAL_DEFAULTS: dict[str, str] = {"generator": "student", "select": "own"}
+OPTIONAL_DEFAULTS: dict[str, str] = {
+    "generator": "student",
+    "select": "own",
+    "d_precision": "float32",
+}
 Generator = MetricGANGRU | MetricGANBLSTM
 
 
@@ -201,7 +209,8 @@ class OKDTrainer(EpochLoop):
         self.g_optimizers = [
             torch.optim.Adam(g.parameters(), lr=self.cfg["lr"]) for g in self.generators
         ]
-        self.disc = MetricDiscriminator(len(self.metrics)).to(self.device)
+        precision = self.cfg.get("d_precision", OPTIONAL_DEFAULTS["d_precision"])
+        self.disc = MetricDiscriminator(len(self.metrics), precision).to(self.device)
         self.d_optimizer = torch.optim.Adam(self.disc.parameters(), lr=self.cfg["lr"])
         self.train_set = MixtureDataset(train_manifest)
         self.valid_set = MixtureDataset(valid_manifest)
