@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from sekd.data.datasets import collate
 from sekd.engine import Trainer
+from sekd.models.fast_gru import reference_kernel
 
 from .common import Options, Result, Table, on_device, params
 from .okd_epoch import okd_table
@@ -92,20 +94,28 @@ def run(options: Options) -> Result:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     table = Table(
         f"Training, one epoch of {count} crops (first batch a warm-up); CPU on 1 thread",
-        ["model", "device", "dtype", "batch", "crop s", "samples/s", "wait share", "step ms"],
-        notes=[f"target: wait share (blocked on the DataLoader) < {TARGET_WAIT_SHARE:.0%}"],
+        ["model", "device", "GRU", "dtype", "batch", "crop s", "samples/s", "audio s/s"]
+        + ["wait share", "step ms", "speed-up"],
+        notes=[
+            f"target: wait share (blocked on the DataLoader) < {TARGET_WAIT_SHARE:.0%}",
+            "GRU: nn.GRU = torch's own kernel (before issue 17); fused = sekd.models.fast_gru;"
+            " speed-up = audio s/s over the nn.GRU row of the same model",
+        ],
     )
     figures: dict = {"target_wait_share": TARGET_WAIT_SHARE, "utterances": count, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         train, valid = manifests(Path(tmp), options, count)
         for role in ("teacher", "student"):
             conf = cfg[role]["model"]["conf"]
-            for device in devices:
-                job = trainer(cfg[role], device, train, valid, Path(tmp) / role / device)
-                result = measure(job)
-                figures["runs"][f"{role}/{device}"] = result
+            for device, kernel in runs(devices):
+                job = trainer(cfg[role], device, train, valid, Path(tmp) / role / device / kernel)
+                with reference_kernel() if kernel == "nn.GRU" else nullcontext():
+                    result = measure(job)
+                base = figures["runs"].get(f"{role}/{device}/nn.GRU")
+                result["speed_up"] = audio_rate(result) / audio_rate(base) if base else None
+                figures["runs"][f"{role}/{device}/{kernel}"] = result
                 table.rows.append(
-                    [f"{role} {conf['layers']}x{conf['hidden']}", device, *row(result)]
+                    [f"{role} {conf['layers']}x{conf['hidden']}", device, kernel, *row(result)]
                 )
         okd = cfg["distill"]["okd"]
         utterances = max(okd["samples_per_epoch"], okd["valid_utterances"] or 1)
@@ -118,6 +128,17 @@ def run(options: Options) -> Result:
     return Result(figures, [table, okd_rows])
 
 
+def runs(devices: list[str]) -> list[tuple[str, str]]:
+    """(device, GRU kernel) pairs: on CPU torch's kernel first, then the fused one it replaces;
+    a GPU runs cuDNN's either way."""
+    return [(d, k) for d in devices for k in (("nn.GRU", "fused") if d == "cpu" else ("cuDNN",))]
+
+
+def audio_rate(result: dict) -> float:
+    """Seconds of audio trained on per second: comparable across batch shapes."""
+    return result["samples_per_second"] * result["crop_seconds"]
+
+
 def row(result: dict) -> list:
     step_ms = 1000 * result["seconds"] / max(result["steps"], 1)
     return [
@@ -125,6 +146,8 @@ def row(result: dict) -> list:
         result["batch_size"],
         result["crop_seconds"],
         result["samples_per_second"],
+        audio_rate(result),
         result["data_wait_share"],
         step_ms,
+        result["speed_up"] if result["speed_up"] is not None else "-",
     ]
