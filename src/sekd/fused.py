@@ -1,27 +1,29 @@
 """One hop per ONNX Runtime call: the fused per-frame graph's constants and its streamer.
 
-``frame.onnx`` (written by ``sekd.export``) takes one hop of new samples per stream and the carried
-state, and returns one hop of enhanced samples and the new state. Window, DFT, features, GRU, mask,
-inverse DFT, synthesis window and overlap-add all run inside it; Python only copies a hop in and
-out. The DFTs are matrix products with fixed matrices, made cheap by two exact identities:
+``frame.onnx`` (written by ``sekd.export`` from ``sekd.stream.FrameGraph``) takes one hop of new
+samples per stream and the carried state, and returns one hop of enhanced samples and the new
+state: window, DFT, features, GRU, mask, inverse DFT, synthesis window and overlap-add all run in
+it, so Python only copies a hop in and out. ``n_fft`` must be a multiple of ``hop`` (``R`` frames
+share each hop). The DFTs are matrix products, kept to one ``hop``-row matrix each way:
 
-- *Segments.* A frame is ``n_fft / g`` segments of ``g = gcd(n_fft, hop)`` samples, and a
-  segment's DFT at position ``q`` within a frame is its DFT at position 0 times the phase
-  ``exp(-2 pi i k q g / n_fft)``. So each new segment is transformed once (a ``g x 2F`` product
-  instead of ``n_fft x 2F`` per frame) and its rotated spectrum is added to every frame that will
-  contain it. The inverse works the same way backwards: each output segment is one ``2F x g``
-  product of the rotated, summed spectra of the frames that overlap it. This is overlap-add done
-  on spectra, and it is not recursive: nothing drifts however long a stream runs.
-- *Hann in frequency.* The periodic Hann window times a frame is, on its DFT, the 3-tap filter
-  ``0.5 X[k] - 0.25 (X[k-1] + X[k+1])`` (conjugate-symmetric at both ends), so windowing is a
-  gather of neighbouring bins and a weighted sum, folded here into the phase rotations.
+- *Absolute phase.* Spectra are taken with their phase referred to absolute time modulo
+  ``n_fft``, not to their frame's start. Then a frame's (unwindowed) spectrum is the plain sum of
+  its ``R`` hops' spectra, each a ``[hop, 2F]`` product computed once per hop, and the output hop
+  is one ``[2F, hop]`` product of the sum of the ``R`` overlapping frames' spectra: overlap-add
+  done on spectra, not recursive (nothing drifts however long a stream runs). The matrices depend
+  on the hop's position modulo ``n_fft`` (``R`` variants, graph inputs).
+- *Hann in frequency.* The periodic Hann window times a frame is, on its spectrum, a 3-tap filter
+  over bins (``-0.25, 0.5, -0.25``, times a phase for the frame's position: ``window``), run as
+  an ONNX Conv; ``dft`` gives 2 extra bins at each end (a real signal's conjugates), so the
+  filter needs no padding, and the magnitude is unchanged by the phase reference.
 
-The carried state per stream: ``analysis`` (windowed spectra of the next frames from the samples
-received so far), ``hidden`` (the GRU's), ``synthesis`` (the spectra still to be overlap-added
-into the next output hops). Edges are handled here, in numpy, as ``sekd.framing.FrameStream`` does:
-the reflect padding of ``center=True`` at both ends, the start's incomplete window-sum-square
-envelope, dropping the start padding and trimming to the input length; so the streamed output is
-the offline one. ``streams`` independent signals of equal length go through in one call per hop.
+The carried state per stream: ``analysis`` (spectra of the next ``R - 1`` frames from the samples
+received so far), ``hidden`` (the GRU's), ``synthesis`` (windowed spectra still to be
+overlap-added into the next ``R - 1`` output hops). Edges are handled in numpy, as
+``sekd.framing.FrameStream`` does: the reflect padding of ``center=True`` at both ends, the
+start's incomplete window-sum-square envelope, dropping the start padding and trimming to the
+input length; so the streamed output is the offline one up to float rounding. ``streams``
+independent signals of equal length share one call per hop.
 """
 
 from __future__ import annotations
