@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from students import LENGTH, NON_CAUSAL, STUDENTS, noisy_wave, offline, saved_student
+from students import (
+    LENGTH,
+    NON_CAUSAL,
+    STUDENTS,
+    noisy_wave,
+    offline,
+    sample_by_sample,
+    saved_student,
+    stream_in_random_chunks,
+)
 
 from sekd.cli import main
 from sekd.errors import SekdError
@@ -115,9 +124,7 @@ def test_fused_streamer_irregular_chunks_and_reuse(exported) -> None:
     rng = np.random.default_rng(2)
     for length in (LENGTH, 5000, model.n_fft // 2 + 1):  # the last: the shortest signal allowed
         wave = noisy_wave(length, seed=length)
-        cuts = np.sort(rng.integers(0, length, size=40))
-        pieces = [streamer.process(part) for part in np.split(wave, cuts)]
-        streamed = np.concatenate([*pieces, streamer.flush()])
+        streamed = stream_in_random_chunks(streamer, wave, rng)
         assert np.abs(streamed - offline(model, wave)).max() <= TOLERANCE
 
 
@@ -144,12 +151,7 @@ def test_fused_streamer_latency_and_errors(exported) -> None:
     streamer = enhancer.fused_streamer()
     assert streamer.latency_samples == model.n_fft
     wave = noisy_wave(3000)
-    emitted, delays = 0, []
-    for received in range(1, wave.size + 1):
-        emitted += streamer.process(wave[received - 1 : received]).size
-        delays.append(received - emitted)
-    assert max(delays) == model.n_fft - 1
-    assert emitted + streamer.flush().size == wave.size
+    assert sample_by_sample(streamer, wave) == (model.n_fft - 1, wave.size)
     assert streamer.flush().size == 0
     streamer.process(np.zeros(model.n_fft // 2, dtype=np.float32))
     with pytest.raises(SekdError, match="too short"):
