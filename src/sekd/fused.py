@@ -41,7 +41,6 @@ from sekd.io import SAMPLE_RATE
 INPUTS = ("samples", "analysis", "hidden", "synthesis", "dft", "window", "inverse")
 OUTPUTS = ("enhanced", "new_analysis", "new_hidden", "new_synthesis")
 STATES = (("analysis", "new_analysis"), ("hidden", "new_hidden"), ("synthesis", "new_synthesis"))
-PHASED = ("dft", "window", "inverse")  # inputs that depend on the hop's position modulo n_fft
 HANN_TAPS = (-0.25, 0.5, -0.25)  # the periodic Hann window's DFT, bins k-1, k, k+1
 SNAP = 1e-9  # trigonometric values this close to 0 are 0 (sin(pi m) is ~1e-13 in float64)
 
