@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sekd.framing import FrameStream
+from sekd.fused import FusedStreamer
 from sekd.models import build_model
 from sekd.models.store import save_model
 
+Streamer = FrameStream | FusedStreamer  # what process/flush streams a 1-D signal
 LENGTH = int(16000 * 1.3) + 37  # no multiple of any hop: exercises the end padding
 STUDENTS = {
     "n512-hop128": ("gru_mask", {"hidden": 24, "layers": 2, "n_fft": 512, "hop": 128}),
@@ -51,3 +54,23 @@ def offline(model: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
     """The model's offline output for a 1-D waveform."""
     with torch.inference_mode():
         return model(torch.from_numpy(wave)[None])[0].numpy()
+
+
+def stream_in_random_chunks(
+    enhancer: Streamer, wave: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``wave`` streamed through ``enhancer`` (``process``/``flush``) in 41 chunks of random sizes,
+    empty ones included."""
+    cuts = np.sort(rng.integers(0, wave.size, size=40))
+    pieces = [enhancer.process(part) for part in np.split(wave, cuts)]
+    return np.concatenate([*pieces, enhancer.flush()])
+
+
+def sample_by_sample(enhancer: Streamer, wave: np.ndarray) -> tuple[int, int]:
+    """Feed ``wave`` one sample per call: the largest delay between a sample's arrival and the
+    output of as many samples, and the total output length after ``flush``."""
+    emitted, delays = 0, []
+    for received in range(1, wave.size + 1):
+        emitted += enhancer.process(wave[received - 1 : received]).size
+        delays.append(received - emitted)
+    return max(delays), emitted + enhancer.flush().size

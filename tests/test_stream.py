@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from students import LENGTH, NON_CAUSAL, STUDENTS, noisy_wave, offline, random_student
+from students import (
+    LENGTH,
+    NON_CAUSAL,
+    STUDENTS,
+    noisy_wave,
+    offline,
+    random_student,
+    sample_by_sample,
+    stream_in_random_chunks,
+)
 
 from sekd.errors import SekdError
 from sekd.models import build_model
@@ -34,9 +43,7 @@ def test_irregular_chunks_and_reuse_after_flush(student) -> None:
     rng = np.random.default_rng(2)
     for length in (LENGTH, 5000):
         wave = noisy_wave(length, seed=length)
-        cuts = np.sort(rng.integers(0, length, size=40))
-        pieces = [enhancer.process(part) for part in np.split(wave, cuts)]
-        streamed = np.concatenate([*pieces, enhancer.flush()])
+        streamed = stream_in_random_chunks(enhancer, wave, rng)
         assert np.abs(streamed - offline(student, wave)).max() <= TOLERANCE
 
 
@@ -46,12 +53,7 @@ def test_latency_is_one_window(student) -> None:
     assert enhancer.latency_samples == student.n_fft
     assert enhancer.latency_ms == pytest.approx(1000 * student.n_fft / 16000)
     wave = noisy_wave(4000)
-    emitted, delays = 0, []
-    for received in range(1, wave.size + 1):
-        emitted += enhancer.process(wave[received - 1 : received]).size
-        delays.append(received - emitted)
-    assert max(delays) == enhancer.latency_samples - 1
-    assert emitted + enhancer.flush().size == wave.size
+    assert sample_by_sample(enhancer, wave) == (enhancer.latency_samples - 1, wave.size)
 
 
 def test_short_and_empty_signals() -> None:

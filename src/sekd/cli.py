@@ -276,7 +276,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     meta = export_model(Path(args.model), Path(args.out))
     worst = max(meta["max_abs_error"].values())
-    print(f"{args.out}: model.onnx, step.onnx; max abs error vs torch {worst:.2g}")
+    graphs = "model.onnx, step.onnx" + (", frame.onnx" if meta["frame_graph"] else "")
+    print(f"{args.out}: {graphs}; max abs error vs torch {worst:.2g}")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -407,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_enhance)
     p = sub.add_parser("export", help="export a causal GRU student to ONNX and verify it")
     p.add_argument("--model", required=True, help="model folder (model.yaml + weights)")
-    p.add_argument("--out", required=True, help="folder for model.onnx, step.onnx, export.json")
+    p.add_argument(
+        "--out", required=True, help="folder for model.onnx, step.onnx, frame.onnx, export.json"
+    )
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -9,6 +9,10 @@ FFTs keep the waveform within float rounding of ``torch.stft``/``torch.istft``.
   ``state [layers, 1, H]`` (the GRU's final state; the initial one is zero).
 - ``step.onnx`` (streaming, one frame): ``features [1, 1, F]``, ``state [layers, 1, H]`` ->
   ``mask [1, 1, F]``, ``new_state [layers, 1, H]``.
+- ``frame.onnx`` (fused streaming, one hop per call; when ``n_fft`` is a multiple of ``hop``):
+  ``samples [streams, hop]`` and the carried state -> ``enhanced [streams, hop]`` and the new
+  state, with window, DFTs, features, GRU, mask and overlap-add inside (``sekd.fused``), so
+  only one ONNX Runtime call per hop remains in Python, and many streams share one call.
 - ``export.json``: STFT settings, feature, mask kind, latency, and the maximum absolute errors of
   ONNX Runtime against torch measured at export (masks, states, offline and streamed waveforms).
 
@@ -29,6 +33,7 @@ import onnxruntime as ort
 
 from sekd.errors import SekdError
 from sekd.framing import FrameStream, hann_window, istft, stft
+from sekd.fused import INPUTS, OUTPUTS, FusedStreamer, frame_constants
 from sekd.io import SAMPLE_RATE, atomic_dir, write_json
 
 if TYPE_CHECKING:  # torch stays out of a deployment's imports
@@ -37,6 +42,7 @@ if TYPE_CHECKING:  # torch stays out of a deployment's imports
 
 MODEL_GRAPH = "model.onnx"
 STEP_GRAPH = "step.onnx"
+FRAME_GRAPH = "frame.onnx"
 META = "export.json"
 OPSET = 17
 TOLERANCE = 1e-4
@@ -67,6 +73,8 @@ class OnnxEnhancer:
         self.window = hann_window(self.n_fft)
         self._offline = _session(export_dir / MODEL_GRAPH)
         self._step = _session(export_dir / STEP_GRAPH)
+        self._frame_path = export_dir / FRAME_GRAPH
+        self._frame: ort.InferenceSession | None = None  # loaded by the first fused streamer
 
     def initial_state(self) -> np.ndarray:
         return np.zeros((self.meta["layers"], 1, self.meta["hidden"]), dtype=np.float32)
@@ -93,6 +101,18 @@ class OnnxEnhancer:
     def streamer(self) -> OnnxStreamingEnhancer:
         """A fresh streaming enhancer (frame by frame through ``step.onnx``)."""
         return OnnxStreamingEnhancer(self)
+
+    def fused_streamer(self, streams: int = 1) -> FusedStreamer:
+        """A fresh streaming enhancer for ``streams`` signals, one ``frame.onnx`` call per hop."""
+        if not self.meta.get("frame_graph", False):
+            raise SekdError(
+                f"{self._frame_path.parent}: no fused frame graph ({FRAME_GRAPH}): it needs "
+                f"n_fft a multiple of hop (here {self.n_fft}, {self.hop}) and an export by "
+                "this version of sekd"
+            )
+        if self._frame is None:
+            self._frame = _session(self._frame_path)
+        return FusedStreamer(self._frame, self.meta, streams)
 
 
 class OnnxStreamingEnhancer(FrameStream):
@@ -178,6 +198,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path) -> dict:
         "bins": model.bins,
         "sample_rate": SAMPLE_RATE,
         "opset": OPSET,
+        "frame_graph": model.n_fft % model.hop == 0,
         "latency_samples": model.n_fft,
         "latency_ms": 1000.0 * model.n_fft / SAMPLE_RATE,
         "tolerance": TOLERANCE,
@@ -197,8 +218,11 @@ def export_model(model_dir: str | Path, out_dir: str | Path) -> dict:
 
 
 def _export_graphs(network: MaskNetwork, meta: dict, out_dir: Path) -> None:
-    """Write ``model.onnx`` (any number of frames) and ``step.onnx`` (one frame + state)."""
+    """Write ``model.onnx`` (any number of frames), ``step.onnx`` (one frame + state) and, when
+    ``meta`` says so, ``frame.onnx`` (one hop + state, the STFT inside)."""
     import torch
+
+    from sekd.stream import FrameGraph
 
     features = torch.zeros(1, 3, meta["bins"])
     state = torch.zeros(meta["layers"], 1, meta["hidden"])
@@ -208,6 +232,8 @@ def _export_graphs(network: MaskNetwork, meta: dict, out_dir: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        # the exporter builds Pad's pads with a reversing Slice of constants; ORT folds it
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             network,
             (features,),
@@ -227,6 +253,38 @@ def _export_graphs(network: MaskNetwork, meta: dict, out_dir: Path) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
+        if meta["frame_graph"]:
+            torch.onnx.export(
+                FrameGraph(network.model),
+                _frame_example(meta),
+                str(out_dir / FRAME_GRAPH),
+                input_names=list(INPUTS),
+                output_names=list(OUTPUTS),
+                dynamic_axes=_stream_axes(),
+                opset_version=OPSET,
+                dynamo=False,
+            )
+
+
+def _frame_example(meta: dict) -> tuple:
+    """Example inputs of ``FrameGraph`` for the exporter's trace: two streams, hop position 0."""
+    import torch
+
+    constants = frame_constants(meta["n_fft"], meta["hop"])
+    frames, bins = constants.frames, constants.bins
+    return (
+        torch.zeros(2, meta["hop"]),
+        torch.zeros(2, frames - 1, 2, bins + 4),
+        torch.zeros(meta["layers"], 2, meta["hidden"]),
+        torch.zeros(2, frames - 1, 2 * bins),
+        *(torch.from_numpy(getattr(constants, name)[0]) for name in ("dft", "window", "inverse")),
+    )
+
+
+def _stream_axes() -> dict[str, dict[int, str]]:
+    """The streams axis of ``frame.onnx``'s inputs and outputs (axis 1 of the GRU state)."""
+    names = [*INPUTS[:4], *OUTPUTS]
+    return {name: {1 if "hidden" in name else 0: "streams"} for name in names}
 
 
 def verify_export(model: GRUMaskNet, export_dir: Path) -> dict[str, float]:
@@ -257,4 +315,24 @@ def verify_export(model: GRUMaskNet, export_dir: Path) -> dict[str, float]:
         "stream_wave": np.abs(streamed - reference),
         "torch_stream_wave": np.abs(streamed_torch - reference),
     }
+    if enhancer.meta["frame_graph"]:
+        errors.update(_fused_errors(model, enhancer, wave, reference))
     return {name: float(error.max()) for name, error in errors.items()}
+
+
+def _fused_errors(
+    model: GRUMaskNet, enhancer: OnnxEnhancer, wave: np.ndarray, reference: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``frame.onnx`` against torch: one stream hop by hop, and two streams (the probe and its
+    reverse) in irregular chunks."""
+    import torch
+
+    reverse = np.ascontiguousarray(wave[::-1])
+    with torch.inference_mode():
+        reverse_reference = model(torch.from_numpy(reverse)[None])[0].numpy()
+    fused = enhancer.fused_streamer().run(wave, model.hop)
+    both = enhancer.fused_streamer(2).run(np.stack([wave, reverse]), 3 * model.hop + 5)
+    return {
+        "fused_stream_wave": np.abs(fused - reference),
+        "fused_streams_wave": np.abs(both - np.stack([reference, reverse_reference])),
+    }

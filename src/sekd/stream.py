@@ -11,6 +11,8 @@ Non-causal models (bidirectional GRU, Conv-TasNet) cannot stream and are refused
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -73,6 +75,62 @@ class MaskNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         latent, state = self.model.gru(features, state)
         return frame_mask(self.model, latent), state
+
+
+class FrameGraph(nn.Module):
+    """One hop of a causal GRU mask model with the STFT inside, from explicit state tensors.
+
+    What ``sekd.export`` writes as ``frame.onnx`` (``sekd.fused`` explains the method). Inputs:
+    ``samples [B, hop]``; the states ``analysis [B, R-1, 2, F+4]``, ``hidden [layers, B, H]``,
+    ``synthesis [B, R-1, 2F]``; and the hop position's matrices from ``sekd.fused``
+    (``dft``, ``window``, ``inverse``). Outputs: the enhanced hop ``[B, hop]`` (overlap-added,
+    divided by the steady window-sum-square envelope) and the three new states.
+    """
+
+    def __init__(self, model: GRUMaskNet) -> None:
+        super().__init__()
+        self.model = require_causal_gru(model, "the fused frame graph")
+        self.bins = model.bins
+        self.gru = copy.copy(model.gru)  # the same parameters, sequence first: no transposes
+        self.gru.batch_first = False
+
+    def forward(
+        self,
+        samples: torch.Tensor,
+        analysis: torch.Tensor,
+        hidden: torch.Tensor,
+        synthesis: torch.Tensor,
+        dft: torch.Tensor,
+        window: torch.Tensor,
+        inverse: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        spectrum = (samples @ dft).reshape(-1, 1, 2, self.bins + 4)  # this hop, bins -2 .. F+1
+        frames = _carried(analysis) + spectrum  # the hop belongs to R frames
+        spec = nn.functional.conv1d(frames[:, 0], window)  # windowed, bins -1 .. F
+        enhanced, hidden = self._enhance(spec, hidden)
+        hops = _carried(synthesis) + nn.functional.conv1d(enhanced, window).flatten(1)[:, None]
+        return hops[:, 0] @ inverse, frames[:, 1:], hidden, hops[:, 1:]
+
+    def _enhance(
+        self, spec: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features, GRU step and mask of one frame ``[B, 2, F+2]`` (bins -1 .. F); the masked
+        frame, its end bins mirrored as a real signal's spectrum is."""
+        model = self.model
+        magnitude = torch.linalg.vector_norm(spec, dim=1)[:, 1:-1]  # [B, F]
+        features = torch.log1p(magnitude) if model.feature == "log1p" else magnitude
+        latent, hidden = self.gru(features[None], hidden)
+        gain = frame_mask(model, latent).reshape(-1, 1, self.bins)  # [B, 1, F]
+        if mask_kind(model) == "log1p":  # expm1(mask * log1p|Y|) with the noisy phase (ONNX
+            # has no expm1; exp - 1 differs by float rounding of values below 1)
+            gain = (torch.exp(gain * features[:, None]) - 1) / magnitude.clamp_min(1e-30)[:, None]
+        return spec * nn.functional.pad(gain, (1, 1), mode="reflect"), hidden
+
+
+def _carried(state: torch.Tensor) -> torch.Tensor:
+    """The carried spectra with an empty slot appended for the newest frame or hop (axis 1)."""
+    pads = [0, 0] * (state.dim() - 2) + [0, 1]
+    return nn.functional.pad(state, pads)
 
 
 class StreamingEnhancer(FrameStream):
