@@ -106,6 +106,15 @@ def student_dir(method, seed):
     return f"{MODELS}/students/{method}/{seed}"
 
 
+def evaluate_args(runs):
+    """`sekd evaluate` options that score several systems in one process: `--system <name>
+    --model <folder> --out <folder>` for each (name, model folder or None: the noisy input, out
+    folder)."""
+    return " ".join(
+        f"--system {name} --model {model or '-'} --out {out}" for name, model, out in runs
+    )
+
+
 def systems():
     """Evaluated systems: the noisy input, the teacher and every student, name -> model folder."""
     found = {"noisy": None, "teacher": TEACHER}

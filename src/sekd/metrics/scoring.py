@@ -161,6 +161,7 @@ def score_batch(
     noisies: Sequence[Audio | None],
     options: Mapping,
     workers: int = 1,
+    pool: WorkerPool | None = None,
 ) -> pd.DataFrame:
     """One row per utterance (``id``, the metric columns, ``note``), in the order of ``ids``.
 
@@ -175,7 +176,10 @@ def score_batch(
     scored = [row in subset for row in range(len(ids))]
     jobs = list(zip(ids, references, estimates, noisies, scored, strict=True))
     score = partial(_score_job, options=dict(options))
-    with WorkerPool(min(workers, len(jobs))) as pool:
+    if pool is None:
+        with WorkerPool(min(workers, len(jobs))) as own:
+            rows = own.map(score, jobs, desc="scoring")
+    else:
         rows = pool.map(score, jobs, desc="scoring")
     frame = pd.DataFrame(rows, columns=["id", *metric_keys(options), "note"])
     if dnsmos:
