@@ -19,7 +19,7 @@ from sekd.engine.state import file_sha256
 from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
-from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, summarize
+from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, scoring_pool, summarize
 from sekd.models.store import WEIGHTS
 from sekd.parallel import WorkerPool
 from sekd.tracking import log_to_training_run, split_system, start_run, system_tags
@@ -78,7 +78,7 @@ def evaluate_systems(
         raise SekdError(f"{manifest}: evaluation needs a target for every utterance")
     noisy = [read_audio(p) for p in table["noisy"]]
     results = []
-    with WorkerPool(min(workers, len(table))) as pool:
+    with scoring_pool(min(workers, len(table))) as pool:
         for system, model_dir, out_dir in systems:
             result = _evaluate_one(
                 system, model_dir, out_dir, (manifest, table, noisy), options, pool
@@ -100,7 +100,7 @@ def _evaluate_one(
     ``out_dir`` (per-utterance CSV, metrics.json, examples)."""
     manifest, table, noisy = test
     estimates = noisy if model_dir is None else enhance_all(model_dir, noisy)
-    references = list(table["target"])  # paths: read inside the scoring workers
+    references = list(table["target"])  # paths
     scores = score_batch(list(table["id"]), references, estimates, noisy, options, pool=pool)
     scores.insert(1, "speaker", table["speaker"].to_numpy())
     summary = summarize(scores)
