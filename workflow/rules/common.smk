@@ -127,8 +127,8 @@ def systems():
 # Local scheduling: Snakemake starts the ready job of highest priority first. Jobs that others wait
 # on go first (synthesis takes every core and feeds everything; the teacher is the longest job and
 # gates all KD; the no-KD students gate adaptation and the methods with `init: nokd`; a tuning study
-# gates its method's students), evaluations (leaves, ~20 s each) last, so a run ends on many short
-# jobs.
+# gates its method's students), evaluations (leaves: a method's seeds, or a speaker's three roles,
+# in one job) last, so a run ends on jobs that nothing waits for.
 PRIORITY = {"synth": 100, "teacher": 50, "nokd": 40, "tune": 10, "distill": 5}
 BASELINE_STUDY = f"{RESULTS}/tune/{BASELINE}/best.yaml"  # tuned or not, the baseline's values
 
