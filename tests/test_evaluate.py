@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from sekd.metrics.scoring import (
     summarize,
 )
 from sekd.metrics.sisdr import si_sdr_db
+from sekd.parallel import torch_single_thread
 
 ALL = {"pesq_nb": True, "composite": True, "dnsmos": True}
 NO_DNSMOS = {"pesq_nb": True, "composite": True, "dnsmos": False}
@@ -144,3 +147,34 @@ def test_dnsmos_runs_on_an_evenly_spaced_subset_that_summarize_respects(pair):
     assert (summary["pesq_wb"]["n"], summary["pesq_wb"]["n_invalid"]) == (count, 0)
     assert evenly_spaced(80, 20)[:3] == [0, 4, 8] and len(evenly_spaced(80, 20)) == 20
     assert evenly_spaced(3, None) == evenly_spaced(3, 9) == [0, 1, 2]
+
+
+WORKER_PROBE = """
+import sys
+import numpy as np
+from sekd.metrics.utterance import score_job
+t = np.arange(48000)
+ref = (0.1 * np.sin(t / 20) * (1 + np.sin(t / 3000))).astype(np.float32)
+est = (ref + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+options = {"dnsmos_windows": 1, "dnsmos_p808": False}
+row = score_job(("u", ref, est, est, True, {"si_sdr": 7.0, "si_sdr_i": 0.5}), options)
+assert row["si_sdr"] == 7.0 and np.isfinite(row["dnsmos_ovrl"]) and np.isfinite(row["covl"]), row
+print(sorted(name for name in ("torch", "pandas") if name in sys.modules))
+"""
+
+
+def test_a_scoring_worker_loads_neither_torch_nor_pandas():
+    """A worker's imports are paid once per worker and evaluation: torch and pandas (seconds)
+    stay in the calling process, which computes SI-SDR for the workers."""
+    done = subprocess.run([sys.executable, "-c", WORKER_PROBE], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_score_batch_si_sdr_is_the_one_score_utterance_computes(pair):
+    clean, noisy = pair
+    estimate = _enhanced(clean, noisy, 0.4)
+    frame = score_batch(["a"], [clean], [estimate], [noisy], NO_DNSMOS, workers=1)
+    with torch_single_thread():  # as in a worker: the float32 sums depend on the thread count
+        row = score_utterance(clean, estimate, noisy, NO_DNSMOS)  # computes it itself
+    assert (frame["si_sdr"].iloc[0], frame["si_sdr_i"].iloc[0]) == (row["si_sdr"], row["si_sdr_i"])

@@ -92,3 +92,40 @@ def test_helpers_restore_the_environment_and_threads():
     assert default_chunksize(0, 2) == 1
     assert default_chunksize(48, 2) == 6  # ceil(48 / (2 * 4))
     assert default_chunksize(49, 2) == 7
+
+
+def _pid_and_threads(x: int) -> tuple[int, int, int]:
+    import torch
+
+    return x, os.getpid(), torch.get_num_threads()
+
+
+def test_caller_works_beside_one_fewer_spawned_worker():
+    jobs = list(range(9))
+    threads = torch.get_num_threads()
+    with WorkerPool(2, caller_works=True) as pool:
+        rows = pool.map(_pid_and_threads, jobs, desc="test")
+        assert [row[0] for row in rows] == jobs  # the jobs' order, whoever ran them
+        spawned = pool.pids()
+        assert len(spawned) == 1 and os.getpid() not in spawned
+        # the first jobs are queued for the worker, the next one is the caller's own
+        assert rows[0][1] == spawned[0] and rows[2][1] == os.getpid()
+        assert {row[1] for row in rows} <= {os.getpid(), *spawned}
+        assert all(row[2] == 1 for row in rows)  # one torch thread wherever a job runs
+        assert pool.map(_square, jobs) == [x * x for x in jobs]  # the same worker again
+        assert pool.pids() == spawned
+    assert torch.get_num_threads() == threads
+
+
+def test_caller_works_raises_a_job_error_from_either_side():
+    for failing in (0, 2, 8):  # a worker's job, the caller's first, the last
+        with (
+            pytest.raises(SekdError, match="job 3 failed"),
+            WorkerPool(2, caller_works=True) as pool,
+        ):
+            pool.map(_fail_at_index, [(x, failing) for x in range(9)])
+
+
+def _fail_at_index(job: tuple[int, int]) -> int:
+    index, failing = job
+    return _fail(3 if index == failing else 0)

@@ -85,16 +85,18 @@ def test_student_param_change_reruns_no_teacher_and_no_data(dvc_run: Path) -> No
         }
         assert set(status) == {"train", *per_method}  # later stages follow their outs
         jobs = planned_jobs(dvc_run)
-        students = {"train_student_nokd", "distill", "evaluate", "comparison_table", "all"}
+        students = {"train_student_nokd", "distill", "evaluate", "evaluate_nokd"}
+        students |= {"comparison_table", "all"}
         personal = {"adapt", "evaluate_personal", "personal_table"}  # adapt.student is nokd-0
         students.add("report")
         tuning = {"tune_worker", "tune_select"}  # a study depends on the student it tunes
         assert set(jobs) == students | personal | tuning
         studies = len(params["tune"]["methods"]) + 1  # one worker per study, the baseline's too
         assert jobs["tune_worker"] == studies and jobs["tune_select"] == studies
-        assert jobs["distill"] == 5 and jobs["evaluate"] == 6  # every student, not noisy/teacher
-        # a speaker's scorings (the teacher's too) wait for its adaptation: one job per speaker
-        assert jobs["adapt"] == 2 and jobs["evaluate_personal"] == 6
+        # every student's method (one job scores its seeds), not noisy/teacher
+        assert jobs["distill"] == 5 and jobs["evaluate"] == 5 and jobs["evaluate_nokd"] == 1
+        # a speaker's three scorings (the teacher's too) are one job after its adaptation
+        assert jobs["adapt"] == 2 and jobs["evaluate_personal"] == 2
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 

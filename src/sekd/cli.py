@@ -16,6 +16,8 @@ from pathlib import Path
 
 from sekd.errors import SekdError
 
+NO_MODEL = "-"  # `sekd evaluate --model -`: the system is the noisy input itself
+
 log = logging.getLogger("sekd")
 
 
@@ -228,19 +230,30 @@ def cmd_personal_table(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from sekd.results import evaluate_system
+    from sekd.results import evaluate_systems
 
     cfg = _config(args)
-    evaluate_system(
-        system=args.system,
-        model_dir=Path(args.model) if args.model else None,
+    evaluate_systems(
+        systems=_evaluated_systems(args),
         manifest=Path(args.manifest),
-        out_dir=Path(args.out),
         options=cfg["evaluate"],
         workers=args.workers,
         tracking_cfg=_tracking(cfg),
         phase=args.phase,
     )
+
+
+def _evaluated_systems(args: argparse.Namespace) -> list[tuple[str, Path | None, Path]]:
+    """``(system, model folder or None, out folder)`` from the repeated --system, --model and
+    --out options, matched by position; a --model of ``-``, or none at all, is the noisy input."""
+    systems, models, outs = args.system, args.model or [], args.out
+    if len(outs) != len(systems) or len(models) not in (0, len(systems)):
+        raise SekdError(
+            f"evaluate: {len(systems)} --system need as many --out ({len(outs)}) and either as "
+            f"many --model or none ({len(models)})"
+        )
+    folders = [None if m == NO_MODEL else Path(m) for m in models] or [None] * len(systems)
+    return [(s, m, Path(o)) for s, m, o in zip(systems, folders, outs, strict=True)]
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -367,11 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no study ran (the baseline when tune.methods is empty): record params.yaml's values",
     )
-    p = add("evaluate", cmd_evaluate, "enhance a test set with a model and score it")
-    p.add_argument("--system", required=True, help="name in tables, e.g. noisy, teacher, nokd-0")
-    p.add_argument("--model", default=None, help="model folder (omit for the noisy input)")
+    p = add("evaluate", cmd_evaluate, "enhance a test set with models and score them")
+    p.add_argument(
+        "--system",
+        action="append",
+        required=True,
+        help="name in tables, e.g. noisy, teacher, nokd-0 (repeat: several systems, one process)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        help=f"model folder, one per --system in order ('{NO_MODEL}' or omit: the noisy input)",
+    )
     p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", action="append", required=True, help="one per --system, in order")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--phase", default="evaluate", help="MLflow phase (experiment suffix)")
     p = add("table", cmd_table, "combine evaluated systems into the comparison table")

@@ -14,14 +14,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import soundfile as sf
 import yaml
 
 from sekd.errors import SekdError
+
+if TYPE_CHECKING:  # pandas takes ~1 s to import: scoring workers, which only read audio, skip it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ def read_table(
 
     A missing file, an unparsable file or missing ``columns`` raise an error naming the file.
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise SekdError(f"{path}: {what} not found")

@@ -16,6 +16,10 @@ Results keep the order of the jobs. Jobs must be pure functions of their argumen
 seed, their own output file), so results and files are identical whatever the number of workers.
 The first job error is raised from ``map`` (a :class:`~sekd.errors.SekdError` keeps its message)
 and closing the pool cancels the jobs not yet started.
+
+With ``caller_works``, the calling process is one of the workers: it runs jobs itself while the
+spawned ones start (a second or more, which a short map would otherwise spend idle) and whenever
+they have enough queued, one job at a time, so the expensive jobs are best given first.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from sekd.progress import progress
@@ -40,6 +44,9 @@ THREAD_VARIABLES = (
     "NUMBA_NUM_THREADS",
 )
 CHUNKS_PER_WORKER = 4  # several chunks per worker balance the load; few keep IPC overhead low
+QUEUED_PER_WORKER = (
+    2  # caller_works: jobs queued per spawned worker, so it never waits on the caller
+)
 
 
 @contextlib.contextmanager
@@ -99,15 +106,24 @@ class WorkerPool:
 
     ``workers <= 1`` starts no process: :meth:`map` then runs in this process. ``initializer``
     (module-level, no arguments) runs once in every worker after the thread limits are set.
+    ``caller_works``: this process is one of the ``workers`` (``workers - 1`` are spawned) and
+    :meth:`map` hands out one job at a time.
     """
 
-    def __init__(self, workers: int, initializer: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        initializer: Callable[[], None] | None = None,
+        caller_works: bool = False,
+    ) -> None:
         self.workers = max(1, int(workers))
         self._initializer = initializer
+        self._caller_works = caller_works
+        self._spawned = self.workers - 1 if caller_works else self.workers
         self._pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
             self._pool = ProcessPoolExecutor(
-                self.workers,
+                self._spawned,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=init_worker,
                 initargs=(initializer,),
@@ -123,18 +139,48 @@ class WorkerPool:
         """``[fn(job) for job in jobs]``, in the order of ``jobs``.
 
         ``chunksize`` is the number of jobs sent to a worker at once (default
-        :func:`default_chunksize`). ``desc`` names a progress bar (shown on a terminal only).
+        :func:`default_chunksize`; one when the caller works). ``desc`` names a progress bar
+        (shown on a terminal only).
         """
         jobs = jobs if isinstance(jobs, Sequence) else list(jobs)
         if self._pool is None or len(jobs) < 2:
             with torch_single_thread():
                 results = (fn(job) for job in jobs)
                 return list(progress(results, len(jobs), desc) if desc else results)
+        if self._caller_works:
+            results = [None] * len(jobs)
+            with single_thread_environment(), torch_single_thread():
+                steps = self._share(fn, jobs, results)
+                for _ in progress(steps, len(jobs), desc) if desc else steps:
+                    pass
+            return results
         if chunksize is None:
             chunksize = default_chunksize(len(jobs), self.workers)
         with single_thread_environment():
             results = self._pool.map(fn, jobs, chunksize=chunksize)
             return list(progress(results, len(jobs), desc) if desc else results)
+
+    def _share(self, fn: Callable[[Any], Any], jobs: Sequence, results: list) -> Iterator[None]:
+        """Run ``jobs`` in order over the spawned workers and this process, filling ``results``;
+        yields once per finished job. The workers are kept ``QUEUED_PER_WORKER`` jobs ahead; this
+        process takes the next job whenever they are."""
+        assert self._pool is not None
+        ahead = QUEUED_PER_WORKER * self._spawned
+        pending: dict[Future, int] = {}
+        following = 0
+        while following < len(jobs) or pending:
+            while following < len(jobs) and len(pending) < ahead:
+                pending[self._pool.submit(fn, jobs[following])] = following
+                following += 1
+            if following < len(jobs):
+                results[following] = fn(jobs[following])
+                following += 1
+                yield
+            else:
+                wait(pending, return_when=FIRST_COMPLETED)
+            for future in [f for f in pending if f.done()]:
+                results[pending.pop(future)] = future.result()
+                yield
 
     def pids(self) -> list[int]:
         """Process ids of the started workers (none before the first parallel :meth:`map`)."""

@@ -19,8 +19,9 @@ from sekd.engine.state import file_sha256
 from sekd.errors import SekdError
 from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
-from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, summarize
+from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, scoring_pool, summarize
 from sekd.models.store import WEIGHTS
+from sekd.parallel import WorkerPool
 from sekd.tracking import log_to_training_run, split_system, start_run, system_tags
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,53 @@ def evaluate_system(
     phase: str = "evaluate",
 ) -> dict:
     """Enhance (unless ``model_dir`` is None) and score every utterance of ``manifest``."""
+    runs = [(system, model_dir, out_dir)]
+    return evaluate_systems(runs, manifest, options, workers, tracking_cfg, phase)[0]
+
+
+def evaluate_systems(
+    systems: list[tuple[str, Path | None, Path]],
+    manifest: Path,
+    options: dict,
+    workers: int = 1,
+    tracking_cfg: dict | None = None,
+    phase: str = "evaluate",
+) -> list[dict]:
+    """:func:`evaluate_system` for each ``(system, model_dir, out_dir)``, one after the other.
+
+    One process scores a method's seeds (or a speaker's roles): the imports, the test audio and
+    the scoring workers (started once, DNSMOS sessions loaded once) serve every system, which is
+    most of a small test set's cost. Each system's outputs are those of its own call.
+    """
     table = read_manifest(manifest)
     if table["target"].isna().any() or (table["target"] == "").any():
         raise SekdError(f"{manifest}: evaluation needs a target for every utterance")
     noisy = [read_audio(p) for p in table["noisy"]]
+    results = []
+    with scoring_pool(min(workers, len(table))) as pool:
+        for system, model_dir, out_dir in systems:
+            result = _evaluate_one(
+                system, model_dir, out_dir, (manifest, table, noisy), options, pool
+            )
+            _track(result, out_dir, options, tracking_cfg, phase)
+            results.append(result)
+    return results
+
+
+def _evaluate_one(
+    system: str,
+    model_dir: Path | None,
+    out_dir: Path,
+    test: tuple[Path, pd.DataFrame, list[np.ndarray]],
+    options: dict,
+    pool: WorkerPool,
+) -> dict:
+    """Enhance and score one system on the test set ``(manifest, table, noisy audio)``; write
+    ``out_dir`` (per-utterance CSV, metrics.json, examples)."""
+    manifest, table, noisy = test
     estimates = noisy if model_dir is None else enhance_all(model_dir, noisy)
-    references = list(table["target"])  # paths: read inside the scoring workers
-    scores = score_batch(list(table["id"]), references, estimates, noisy, options, workers)
+    references = list(table["target"])  # paths
+    scores = score_batch(list(table["id"]), references, estimates, noisy, options, pool=pool)
     scores.insert(1, "speaker", table["speaker"].to_numpy())
     summary = summarize(scores)
     info: dict = {"system": system, "manifest": str(manifest), "utterances": len(table)}
@@ -76,7 +117,16 @@ def evaluate_system(
         write_json(tmp / "metrics.json", result)
         for i in range(min(options["examples"], len(table))):
             write_audio(tmp / "examples" / f"{table['id'].iloc[i]}.wav", estimates[i])
-    params = {"system": system, "manifest": str(manifest), **options}
+    return result
+
+
+def _track(
+    result: dict, out_dir: Path, options: dict, tracking_cfg: dict | None, phase: str
+) -> None:
+    """Log one system's evaluation (written to ``out_dir``) to its MLflow run."""
+    info, summary = result["system"], result["metrics"]
+    system = info["system"]
+    params = {"system": system, "manifest": info["manifest"], **options}
     method, seed = split_system(system)
     name = f"evaluate/{method}" + ("" if seed is None else f"/seed{seed}")
     tags = system_tags(method, seed)
@@ -89,7 +139,6 @@ def evaluate_system(
         for wav in sorted((out_dir / "examples").glob("*.wav")):
             run.log_artifact(wav, "audio")
     log.info("%s: %s", system, _one_line(summary))
-    return result
 
 
 def _model_info(model_dir: Path) -> dict:

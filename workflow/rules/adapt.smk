@@ -1,11 +1,11 @@
 # Phase 8: zero-shot personalisation. For each held-out test speaker, the student named by
 # adapt.student is fine-tuned on the speaker's noisy adaptation set with the frozen teacher's outputs
 # as targets, then teacher, un-adapted and personalised student are scored on the speaker's
-# held-out test set. The speakers are known once synthesis has run (a checkpoint). A speaker's jobs
-# form one group, and every evaluation of the speaker waits for its adaptation so that the group is
-# one connected piece: a cluster gets one job per speaker (the adaptation, then the three scorings)
-# asking for one GPU, not four jobs. (Merging several speakers into one job would make Snakemake
-# add up their GPU requests.)
+# held-out test set. The speakers are known once synthesis has run (a checkpoint). A speaker's three
+# scorings are one job (one process: imports, test audio and scoring workers shared), which waits
+# for the speaker's adaptation; the two jobs form one group, so a cluster gets one job per speaker
+# (the adaptation, then the scorings) asking for one GPU. (Merging several speakers into one job
+# would make Snakemake add up their GPU requests.)
 
 ADAPT_ROLES = ["teacher", "unadapted", "personalised"]
 
@@ -23,14 +23,20 @@ def personal_speakers():
     return sorted(pd.read_csv(f"{folder}/manifest.csv")["speaker"].astype(str).unique())
 
 
-def role_model(wildcards):
-    """The model a personal evaluation scores."""
-    models = {
+def role_models(wildcards):
+    """The model each personal evaluation of a speaker scores, by role."""
+    return {
         "teacher": TEACHER,
         "unadapted": adapt_student(),
         "personalised": f"{MODELS}/personal/{wildcards.speaker}",
     }
-    return models[wildcards.role]
+
+
+def personal_systems(wildcards, output):
+    """`sekd evaluate` options for a speaker's roles: system `<speaker>/<role>`, in output order."""
+    models = role_models(wildcards)
+    runs = zip(ADAPT_ROLES, output, strict=True)
+    return evaluate_args((f"{wildcards.speaker}/{r}", models[r], out) for r, out in runs)
 
 
 def personal_results(wildcards=None):
@@ -74,30 +80,27 @@ rule adapt:
 rule evaluate_personal:
     input:
         personal=f"{DATA}/personal",
-        model=role_model,
-        adapted=f"{MODELS}/personal/{{speaker}}",
+        models=lambda wildcards: list(role_models(wildcards).values()),
     output:
-        directory(f"{RESULTS}/personal/eval/{{speaker}}/{{role}}"),
-    wildcard_constraints:
-        role="|".join(ADAPT_ROLES),
+        [directory(f"{RESULTS}/personal/eval/{{speaker}}/{role}") for role in ADAPT_ROLES],
     params:
         cfg=sections("evaluate"),
+        systems=personal_systems,
     log:
-        "logs/evaluate_personal/{speaker}/{role}.log",
+        "logs/evaluate_personal/{speaker}.log",
     benchmark:
-        "logs/benchmarks/evaluate_personal/{speaker}/{role}.tsv"
+        "logs/benchmarks/evaluate_personal/{speaker}.tsv"
     group:
         "personal"
     threads: 1
     resources:
         mem_mb=per_attempt(4000),
-        runtime=per_attempt(30),
+        runtime=per_attempt(30 * len(ADAPT_ROLES)),
     conda:
         "../../envs/sekd.yaml"
     shell:
-        "SEKD_RULE={rule} sekd evaluate --config {params.cfg:q}"
-        " --system {wildcards.speaker}/{wildcards.role} --model {input.model}"
-        " --manifest {input.personal}/{wildcards.speaker}/test/manifest.csv --out {output}"
+        "SEKD_RULE={rule} sekd evaluate --config {params.cfg:q} {params.systems}"
+        " --manifest {input.personal}/{wildcards.speaker}/test/manifest.csv"
         " --workers {threads} --phase adapt 2> {log}"
 
 

@@ -106,6 +106,15 @@ def student_dir(method, seed):
     return f"{MODELS}/students/{method}/{seed}"
 
 
+def evaluate_args(runs):
+    """`sekd evaluate` options that score several systems in one process: `--system <name>
+    --model <folder> --out <folder>` for each (name, model folder or None: the noisy input, out
+    folder)."""
+    return " ".join(
+        f"--system {name} --model {model or '-'} --out {out}" for name, model, out in runs
+    )
+
+
 def systems():
     """Evaluated systems: the noisy input, the teacher and every student, name -> model folder."""
     found = {"noisy": None, "teacher": TEACHER}
@@ -118,8 +127,8 @@ def systems():
 # Local scheduling: Snakemake starts the ready job of highest priority first. Jobs that others wait
 # on go first (synthesis takes every core and feeds everything; the teacher is the longest job and
 # gates all KD; the no-KD students gate adaptation and the methods with `init: nokd`; a tuning study
-# gates its method's students), evaluations (leaves, ~20 s each) last, so a run ends on many short
-# jobs.
+# gates its method's students), evaluations (leaves: a method's seeds, or a speaker's three roles,
+# in one job) last, so a run ends on jobs that nothing waits for.
 PRIORITY = {"synth": 100, "teacher": 50, "nokd": 40, "tune": 10, "distill": 5}
 BASELINE_STUDY = f"{RESULTS}/tune/{BASELINE}/best.yaml"  # tuned or not, the baseline's values
 

@@ -1,34 +1,70 @@
 # Phase 7: score every system on the test split, then the comparison table (DVC metrics).
+# One job scores all seeds of a method in one process (its imports, the test audio and the scoring
+# workers serve every seed), so new students of one method rescore that method alone; the noisy
+# input and the teacher share a job (a new teacher retrains every KD student anyway). Each system
+# still has its folder eval/<system>.
 
 
-def system_model(wildcards):
-    model = systems()[wildcards.system]
-    return [model] if model else []
+def evaluated_systems(wildcards, output):
+    """`sekd evaluate` options for the job's systems: each output folder is named after one."""
+    names = [os.path.basename(out) for out in output]
+    return evaluate_args([(name, systems()[name], out) for name, out in zip(names, output)])
 
 
 rule evaluate:
     input:
         test=f"{DATA}/mixtures/test",
-        model=system_model,
+        models=lambda wildcards: [student_dir(wildcards.method, seed) for seed in DISTILL_SEEDS],
     output:
-        directory(f"{RESULTS}/eval/{{system}}"),
+        [directory(f"{RESULTS}/eval/{{method}}-{seed}") for seed in DISTILL_SEEDS],
+    wildcard_constraints:
+        method="|".join(DISTILL_METHODS),
     params:
         cfg=sections("evaluate"),
-        model=lambda wildcards, input: f"--model {input.model}" if input.model else "",
+        systems=evaluated_systems,
     log:
-        "logs/evaluate/{system}.log",
+        "logs/evaluate/{method}.log",
     benchmark:
-        "logs/benchmarks/evaluate/{system}.tsv"
+        "logs/benchmarks/evaluate/{method}.tsv"
     threads: job_cores(config["evaluate"]["threads"])
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(60),
+        mem_mb=per_attempt(8000),  # one system's estimates at a time
+        runtime=per_attempt(60 * len(DISTILL_SEEDS)),
     conda:
         "../../envs/sekd.yaml"
     shell:
-        "SEKD_RULE={rule} sekd evaluate --config {params.cfg:q} --system {wildcards.system}"
-        " {params.model} --manifest {input.test}/manifest.csv --out {output} --workers {threads}"
-        " 2> {log}"
+        "SEKD_RULE={rule} sekd evaluate --config {params.cfg:q} {params.systems}"
+        " --manifest {input.test}/manifest.csv --workers {threads} 2> {log}"
+
+
+use rule evaluate as evaluate_nokd with:
+    input:
+        test=f"{DATA}/mixtures/test",
+        models=[student_dir("nokd", seed) for seed in STUDENT_SEEDS],
+    output:
+        [directory(f"{RESULTS}/eval/nokd-{seed}") for seed in STUDENT_SEEDS],
+    log:
+        "logs/evaluate/nokd.log",
+    benchmark:
+        "logs/benchmarks/evaluate/nokd.tsv"
+    resources:
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60 * len(STUDENT_SEEDS)),
+
+
+use rule evaluate as evaluate_reference with:
+    input:
+        test=f"{DATA}/mixtures/test",
+        models=[TEACHER],
+    output:
+        [directory(f"{RESULTS}/eval/{system}") for system in ("noisy", "teacher")],
+    log:
+        "logs/evaluate/reference.log",
+    benchmark:
+        "logs/benchmarks/evaluate/reference.tsv"
+    resources:
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60 * 2),
 
 
 rule comparison_table:

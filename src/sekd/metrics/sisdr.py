@@ -9,15 +9,20 @@ metric and the objective cannot drift apart.
 from __future__ import annotations
 
 import numpy as np
-import torch
-
-from sekd.losses.sisdr import si_sdr
 
 ZERO_MEAN = True
 
 
 def si_sdr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
-    """Zero-mean SI-SDR of ``estimate`` against ``reference`` in dB."""
+    """Zero-mean SI-SDR of ``estimate`` against ``reference`` in dB.
+
+    torch loads on first use, not with the module: ``score_batch`` computes SI-SDR in the calling
+    process, so its scoring workers never pay the import (seconds per worker).
+    """
+    import torch
+
+    from sekd.losses.sisdr import si_sdr
+
     pair = torch.from_numpy(np.stack([estimate, reference]).astype(np.float32))
     return float(si_sdr(pair[0], pair[1], zero_mean=ZERO_MEAN))
 
