@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from sekd.models import build_model
-from sekd.models.fast_gru import _GRULayer, fast_path_applies, reference_kernel, run_gru_layers
+from sekd.models.fast_gru import (
+    MAX_HIDDEN,
+    _GRULayer,
+    fast_path_applies,
+    reference_kernel,
+    run_gru_layers,
+)
 
 
 def _grads(out: torch.Tensor, x: torch.Tensor, gru: nn.GRU, seed: int) -> list[torch.Tensor]:
@@ -56,6 +62,8 @@ def test_fast_path_only_where_it_applies() -> None:
     x = torch.randn(1, 3, 4)
     assert not fast_path_applies(nn.GRU(4, 2, batch_first=True, bidirectional=True), x)
     assert not fast_path_applies(nn.GRU(4, 2, batch_first=True, bias=False), x)
+    assert fast_path_applies(nn.GRU(4, MAX_HIDDEN, batch_first=True), x)
+    assert not fast_path_applies(nn.GRU(4, MAX_HIDDEN + 1, batch_first=True), x)  # the teacher's
     dropout = nn.GRU(4, 2, num_layers=2, batch_first=True, dropout=0.5)
     assert not fast_path_applies(dropout.train(), x)
     assert fast_path_applies(dropout.eval(), x)
