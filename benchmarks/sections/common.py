@@ -64,6 +64,9 @@ class Table:
         )
 
     def records(self) -> dict:
+        """Rows as column -> value (the JSON); column names must be unique or values are lost."""
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"table {self.title!r}: repeated column names {self.columns}")
         rows = [dict(zip(self.columns, row, strict=True)) for row in self.rows]
         return {"title": self.title, "rows": rows, "notes": self.notes}
 

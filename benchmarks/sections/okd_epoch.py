@@ -25,7 +25,7 @@ from .common import Table, on_device
 
 BASELINE_SECONDS = 12.0  # issue 17: a demo OKD epoch at d11e67b (about 10 s of it the D phase)
 TARGET_SECONDS = BASELINE_SECONDS / 4
-COLUMNS = ["D precision", "epoch", "G phase", "D phase", "D steps", "valid", "epoch", "wall s"]
+COLUMNS = ["D precision", "epoch", "G phase", "D phase", "D steps", "valid", "epoch s", "wall s"]
 
 
 class TimedTrainer(OKDTrainer):
