@@ -5,8 +5,8 @@ Run after the demo pipeline (it reads the train/valid mixtures under params.yaml
                                      [--out results/convergence.json]
 Trains the role's model (no KD, its params.yaml train settings, no early stop) twice per seed on
 one CPU thread: **before**, as sekd trained it before issue 17 (batch 16 x 2 s crops, torch's
-own ``nn.GRU`` kernel), and **after**, as params.yaml trains it now (its batch shape, the fused
-GRU of ``sekd.models.fast_gru``). Each run is ``--epochs`` long; a run of ``epochs`` equals the
+own ``nn.GRU`` kernel, validation one utterance at a time), and **after**, as params.yaml trains it now (its batch shape, the fused
+GRU of ``sekd.models.fast_gru``, validation batched by ``enhance_many``). Each run is ``--epochs`` long; a run of ``epochs`` equals the
 first ``epochs`` of a longer one (the plateau schedule does not know the total), so one run
 gives both "E epochs" and "twice as long". Per run: the best validation SI-SDR at ``epochs/2``
 and at ``epochs`` (converged at ``epochs/2`` when within 0.1 dB), the first epoch whose
@@ -23,7 +23,8 @@ import os
 import statistics
 import sys
 import tempfile
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 os.environ.setdefault("SEKD_TRACKING", "off")
@@ -35,6 +36,18 @@ TARGETS = {"student": 3.0, "teacher": 2.0}
 TOLERANCE_DB = 0.1
 
 
+@contextmanager
+def validation_one_at_a_time() -> Iterator[None]:
+    """Within: ``enhance_many`` runs one utterance per model call, as validation did before."""
+    from sekd.engine import inference
+
+    saved, inference.BATCH_UTTERANCES = inference.BATCH_UTTERANCES, 1
+    try:
+        yield
+    finally:
+        inference.BATCH_UTTERANCES = saved
+
+
 def train_run(role_cfg: dict, overrides: dict, data: Path, reference: bool, seed: int) -> list:
     """History rows of one run of ``role_cfg``'s model with ``overrides`` on its train settings."""
     from sekd.engine import Trainer
@@ -42,7 +55,10 @@ def train_run(role_cfg: dict, overrides: dict, data: Path, reference: bool, seed
     from sekd.tracking import NullTracker
 
     train_cfg = {**role_cfg["train"], **overrides, "seed": seed}
-    with tempfile.TemporaryDirectory() as tmp, reference_kernel() if reference else nullcontext():
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as before:
+        if reference:
+            before.enter_context(reference_kernel())
+            before.enter_context(validation_one_at_a_time())
         trainer = Trainer(
             role_cfg["model"],
             train_cfg,

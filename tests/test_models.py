@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from sekd.engine import enhance, enhance_many
 from sekd.errors import SekdError
 from sekd.models import build_model
 from sekd.models.complexity import count_parameters, macs_per_second
@@ -38,6 +40,31 @@ def test_shapes_and_latents(name, conf, latent):
         assert hidden.shape == latent
     else:  # Conv-TasNet: skip-path sum [B, B_channels, frames]
         assert hidden.shape[:2] == (2, SMALL_TASNET["B"]) and hidden.shape[2] >= 16000 // 4
+
+
+@pytest.mark.parametrize(
+    ("name", "conf"),
+    [
+        ("gru_mask", SMALL_GRU),  # batched: causal and frame-recurrent
+        ("gru_mask_complex", SMALL_GRU),
+        ("gru_mask", {**SMALL_GRU, "bidirectional": True}),  # one at a time: sees the future
+        ("convtasnet", {**SMALL_TASNET, "causal": True}),  # no enhance_batch at all
+    ],
+)
+def test_enhance_many_equals_one_utterance_at_a_time(name, conf):
+    """Validation batches utterances of different lengths; no padding may reach a score."""
+    torch.manual_seed(0)
+    model = build_model(name, conf).eval()
+    lengths = [4000, 12345, 700, 8000, 12345, 64 * 37]  # unequal, some off the hop grid
+    waves = [
+        np.random.default_rng(i).standard_normal(n).astype(np.float32)
+        for i, n in enumerate(lengths)
+    ]
+    alone = [enhance(model, wave, torch.device("cpu")) for wave in waves]
+    together = enhance_many(model, waves, torch.device("cpu"))
+    for one, many in zip(alone, together, strict=True):
+        assert one.shape == many.shape
+        assert np.abs(one - many).max() < 1e-5 * max(1.0, np.abs(one).max())
 
 
 def _first_changed_sample(model: torch.nn.Module, change_at: int, length: int = 8000) -> int:

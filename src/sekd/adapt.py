@@ -31,7 +31,14 @@ from torch import nn
 from sekd.data.datasets import AudioSet, NoisyDataset
 from sekd.data.manifest import read_manifest
 from sekd.distill.base import Distiller
-from sekd.engine import SavedModel, Trainer, enhance, file_sha256, log_run_tail, write_model_dir
+from sekd.engine import (
+    SavedModel,
+    Trainer,
+    enhance_many,
+    file_sha256,
+    log_run_tail,
+    write_model_dir,
+)
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE
 from sekd.losses.sisdr import neg_si_sdr_improvement, pse_sisdri_loss, si_sdr
@@ -123,9 +130,7 @@ class AdaptTrainer(Trainer):
             init_weights=student_dir / WEIGHTS,
             extra_hash={"adapt": self.adapt_cfg, "teacher": identity},
         )
-        self.valid_pseudo = [
-            enhance(self.loss_fn.teacher, x, self.device) for x in self.valid_set.noisy
-        ]
+        self.valid_pseudo = enhance_many(self.loss_fn.teacher, self.valid_set.noisy, self.device)
         self.last_dnsmos = math.nan
         self.baseline_si_sdr = self.validate()
         self.baseline_dnsmos = self.last_dnsmos
@@ -147,7 +152,7 @@ class AdaptTrainer(Trainer):
     def validate(self) -> float:
         """Mean SI-SDR (dB) against the teacher pseudo-targets; sets ``last_dnsmos``."""
         self.model.eval()
-        estimates = [enhance(self.model, x, self.device, self.dtype) for x in self.valid_set.noisy]
+        estimates = enhance_many(self.model, self.valid_set.noisy, self.device, self.dtype)
         self.model.train()
         scores = [
             float(si_sdr(torch.from_numpy(est), torch.from_numpy(pseudo)))

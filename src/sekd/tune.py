@@ -344,15 +344,16 @@ def trial_trainer_class():
 
 def validation_pesq(model, dataset, device, count: int | None) -> float:
     """Mean wide-band PESQ on ``count`` evenly spaced validation utterances."""
-    from sekd.engine import enhance
+    from sekd.engine import enhance_many
     from sekd.metrics import InvalidScoreError
     from sekd.metrics.pesq_metric import pesq_score
     from sekd.metrics.scoring import evenly_spaced
 
     model.eval()
     scores = []
-    for index in evenly_spaced(len(dataset), count):
-        estimate = enhance(model, dataset.noisy[index], device)
+    indices = evenly_spaced(len(dataset), count)
+    estimates = enhance_many(model, [dataset.noisy[i] for i in indices], device)
+    for index, estimate in zip(indices, estimates, strict=True):
         with contextlib.suppress(InvalidScoreError):
             scores.append(pesq_score(dataset.target[index], estimate, "wb", 16000))
     model.train()

@@ -76,6 +76,7 @@ from sekd.engine import (
     SavedModel,
     config_hash,
     enhance,
+    enhance_many,
     evaluate_si_sdr,
     input_si_sdr,
     log_run_tail,
@@ -452,9 +453,9 @@ class OKDTrainer(EpochLoop):
         by_pesq = self.cfg.get("select") == "pesq"
         for i, (gen, metric) in enumerate(zip(self.generators, self.metrics, strict=True)):
             gen.eval()
-            estimates = [
-                enhance(gen, self.valid_set.noisy[j], self.device) for j in self.valid_subset
-            ]
+            estimates = enhance_many(
+                gen, [self.valid_set.noisy[j] for j in self.valid_subset], self.device
+            )
             score = self._mean(pool.map(score_job, self._valid_jobs(estimates, metric)))
             si_sdr = float(evaluate_si_sdr(gen, self.valid_set, self.device).mean())
             stats.update({f"valid_{metric}": score, f"valid_si_sdr_{metric}": si_sdr})

@@ -11,7 +11,7 @@
   (:mod:`sekd.distill.okd`) runs on :class:`EpochLoop` directly.
 """
 
-from sekd.engine.inference import enhance, evaluate_si_sdr, input_si_sdr
+from sekd.engine.inference import enhance, enhance_many, evaluate_si_sdr, input_si_sdr
 from sekd.engine.loop import KILL_ENV, STOP_ENV, EpochLoop
 from sekd.engine.outputs import SavedModel, log_run_tail, write_model_dir
 from sekd.engine.state import CHECKPOINT, config_hash, file_sha256
@@ -27,6 +27,7 @@ __all__ = [
     "Trainer",
     "config_hash",
     "enhance",
+    "enhance_many",
     "evaluate_si_sdr",
     "file_sha256",
     "input_si_sdr",

@@ -137,7 +137,11 @@ class GRUCMaskNet(FramedMaskNet):
         context = self.context(wave)
         with torch.autocast(wave.device.type, enabled=False):
             feats = self.features(context.spec)
-        return run_gru_layers(self.gru, feats), context
+        return self.recur(feats), context
+
+    def recur(self, feats: torch.Tensor) -> torch.Tensor:
+        """The GRU on features [B, frames, F] (``enhance_batch``'s batched part)."""
+        return run_gru_layers(self.gru, feats)
 
     def decode(self, latent: torch.Tensor, context: STFTContext) -> torch.Tensor:
         """Second half of ``forward``: bounded complex mask times ``context``'s STFT, iSTFT."""

@@ -94,6 +94,10 @@ class GRUMaskNet(FramedMaskNet):
         through the same parameters whatever the split, so the split is exact."""
         return run_gru_layers(self.gru, x, first, last)
 
+    def recur(self, feats: torch.Tensor) -> torch.Tensor:
+        """The whole GRU stack on features [B, frames, F] (``enhance_batch``'s batched part)."""
+        return self._run_layers(feats, 0, self.split_layers)
+
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         """Network input ``[B, frames, F]`` from the complex STFT."""
         mag = spec.abs().transpose(1, 2)
