@@ -173,9 +173,10 @@ def test_compare_prints_the_report_numbers(pipeline, mlflow_server):
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
     try:
-        from sekd.compare import method_table, runs_frame
+        from sekd.compare import compare_text, method_table, runs_frame
 
         table = method_table(runs_frame("distill")).set_index("system")
+        compared = compare_text("distill")
         assert (
             main(["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml")]) == 0
         )
@@ -188,6 +189,24 @@ def test_compare_prints_the_report_numbers(pipeline, mlflow_server):
     for method in [*METHODS, "nokd"]:
         for key in ("si_sdr", "pesq_wb", "stoi"):
             assert table.loc[method, key] == pytest.approx(report.loc[method, key], abs=5e-5)
+    # the paired differences, from the per-utterance scores logged on the training runs
+    shown = _paired_cells(compared)
+    assert shown == _paired_cells((pipeline / "results/table.md").read_text())
+    assert {method for _, method in shown} == set(METHODS) and len(shown) >= 3 * len(METHODS)
+
+
+def _paired_cells(markdown: str) -> dict[tuple[str, str], str]:
+    """``{(metric, method): cell}`` of the paired-difference table in ``markdown``."""
+    lines = markdown[markdown.index("Paired difference") :].splitlines()
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")
+    ]
+    (_, *methods), *body = rows
+    return {
+        (row[0], method): cell
+        for row in body
+        for method, cell in zip(methods, row[1:], strict=True)
+    }
 
 
 def test_report_renders_every_figure_and_table_offline(pipeline, chromium, tmp_path):

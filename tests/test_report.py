@@ -24,7 +24,7 @@ from sekd.report import write_report
 from sekd.results import NOT_TRAINED, write_comparison, write_personal_table
 
 CFG = {"paths": {"data": "data", "models": "models", "results": "results"}}
-SECTIONS = ("comparison", "metrics", "personal", "pareto", "examples", "dataset")
+SECTIONS = ("comparison", "paired", "metrics", "personal", "pareto", "examples", "dataset")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # system -> (quality offset, MACs per second); noisy has no model, so no MACs
 SYSTEMS = {
@@ -49,7 +49,8 @@ def _tone(seed: int) -> np.ndarray:
 
 
 def _evaluation(folder: Path, system: str, offset: float, macs: float | None) -> None:
-    """An evaluation folder as ``evaluate_system`` writes it (metrics.json and examples)."""
+    """An evaluation folder as ``evaluate_system`` writes it (metrics.json, per-utterance scores
+    whose means are the metrics', examples)."""
     metrics = {
         key: {"mean": base + offset * 0.1 * (1 + i), "ci95": 0.05 * (1 + i), "n": 3, "n_invalid": 0}
         for i, (key, base) in enumerate(BASE.items())
@@ -58,6 +59,9 @@ def _evaluation(folder: Path, system: str, offset: float, macs: float | None) ->
     if macs is not None:
         info |= {"name": "gru_mask", "params": 12345, "macs_per_second": macs}
     write_json(folder / "metrics.json", {"system": info, "metrics": metrics})
+    spread = np.array([-0.02, 0.0, 0.02]) * (1 + offset)
+    scores = {key: value["mean"] + spread for key, value in metrics.items()}
+    pd.DataFrame({"id": TEST_IDS, **scores}).to_csv(folder / "per_utterance.csv", index=False)
     for i, uid in enumerate(TEST_IDS[:EXAMPLES]):
         write_audio(folder / "examples" / f"{uid}.wav", _tone(i) * 0.5)
 
@@ -167,8 +171,8 @@ def test_figures_are_inline_pngs(report):
     _, page = report
     images = _sources(page, "img")
     assert len(images) == page.count("<img ")
-    # 5 metrics + personal gains + Pareto + 2 utterances x (clean, noisy, teacher, nokd, okd) + data
-    assert len(images) == 5 + 1 + 1 + EXAMPLES * 5 + 1
+    # paired forest + 5 metrics + personal gains + Pareto + 2 x (clean, noisy, teacher, nokd, okd) + data
+    assert len(images) == 1 + 5 + 1 + 1 + EXAMPLES * 5 + 1
     assert all(png[:8] == PNG_SIGNATURE for png in images)
     for png in images:
         PIL.Image.open(io.BytesIO(png)).verify()  # Pillow comes with matplotlib
@@ -286,3 +290,22 @@ def test_two_methods_reporting_the_same_weights_are_refused(tmp_path):
         write_json(folder / "metrics.json", result)
     with pytest.raises(SekdError, match="okd-0 and nokd-0: byte-identical weights"):
         write_comparison(sorted((tmp_path / "eval").iterdir()), tmp_path)
+
+
+def test_paired_differences_join_the_table_the_report_and_methods_json(report):
+    """okd-0 pairs with nokd-0 (seed 0): its differences are in table.csv, the report's paired
+    section shows the same numbers, methods.json carries them; nokd itself has none."""
+    root, page = report
+    table = pd.read_csv(root / "results" / "table.csv").set_index("system")
+    okd = table.loc["okd"]
+    unpaired = okd["si_sdr"] - table.loc["nokd", "si_sdr"]  # nokd's row pools seeds 0 and 1
+    # the pairing uses seed 0 alone: 0.1 * 3 * (1.8 - 1.0), utterance by utterance
+    assert okd["si_sdr_diff"] == pytest.approx(0.24, abs=1e-4) and unpaired != okd["si_sdr_diff"]
+    assert okd["paired_seeds"] == 1 and pd.isna(table.loc["nokd", "si_sdr_diff"])
+    cell = (
+        f"{okd['si_sdr_diff']:+.3f} [{okd['si_sdr_diff_low']:+.3f}, {okd['si_sdr_diff_high']:+.3f}]"
+    )
+    assert cell in _section(page, "paired")
+    methods = json.loads((root / "results" / "methods.json").read_text())
+    assert methods["okd"]["si_sdr"]["diff"] == round(okd["si_sdr_diff"], 4)
+    assert "diff" not in methods["nokd"]["si_sdr"] and methods["nokd"]["seeds"] == 2

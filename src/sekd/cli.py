@@ -262,6 +262,16 @@ def cmd_table(args: argparse.Namespace) -> None:
     write_comparison([Path(p) for p in args.systems], Path(args.out))
 
 
+def cmd_convergence(args: argparse.Namespace) -> None:
+    """Print whether each student converged (``sekd.convergence``); optionally plot the curves."""
+    from sekd.convergence import convergence_markdown, convergence_table, curves_plot
+
+    students = Path(args.students or Path(_config(args)["paths"]["models"]) / "students")
+    print(convergence_markdown(convergence_table(students)))
+    if args.plot:
+        curves_plot(students, Path(args.plot))
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     """Print the comparison of a phase's runs, read from MLflow."""
     from sekd.compare import compare_text
@@ -410,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("personal-table", cmd_personal_table, "per-speaker personalisation table and plot")
     p.add_argument("--out", required=True, help="folder for metrics.json, table.md/csv, gains.png")
     p.add_argument("results", nargs="+", help="folders <speaker>/<role> of evaluate results")
+    p = add("convergence", cmd_convergence, "did each student converge? (validation curves)")
+    p.add_argument("--students", help="students folder (default: <paths.models>/students)")
+    p.add_argument("--plot", help="also write the validation curves to this PNG")
     p = add("compare", cmd_compare, "compare methods' test metrics from the MLflow runs")
     p.add_argument(
         "--phase",

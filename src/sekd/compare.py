@@ -4,11 +4,14 @@ It searches the finished runs of a phase's experiment(s) (``search_runs``), keep
 each system (a rerun replaces, not doubles, a seed) and pools seeds per method with the same
 statistics as the report's table (:func:`sekd.results.method_row`): mean ± 95% CI over the
 seeds' test means. Methods with one seed show the mean alone (their utterance-level CI lives in
-``results/table.md``, not in MLflow).
+``results/table.md``, not in MLflow). The paired differences to the no-KD student
+(:mod:`sekd.paired`) come from the per-utterance scores that evaluation logs on each training
+run (``per_utterance.csv``), so they equal ``results/table.md``'s for the same runs.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,10 +21,14 @@ from sekd.errors import SekdError
 from sekd.results import NOT_TRAINED
 from sekd.tracking import experiment_name, tracking_uri
 
+log = logging.getLogger(__name__)
+
 # Phases whose comparison includes another phase's runs: the no-KD baseline trains in `student`.
 PHASE_EXPERIMENTS = {"distill": ("student", "distill")}
 TEST = "test/"
 STATUS = "status"
+RUN_COLUMNS = ["run", "run_id", "method", "seed"]
+UTTERANCE_SCORES = "per_utterance.csv"
 
 
 def _experiment_ids(client: Any, phase: str, tracking_cfg: Mapping | None) -> list[str]:
@@ -73,7 +80,8 @@ def runs_frame(
             continue
         seen.add(system)
         seed = tags.get("sekd.seed")
-        row = {"run": run.info.run_name, "method": tags.get("sekd.method", system)}
+        row = {"run": run.info.run_name, "run_id": run.info.run_id}
+        row["method"] = tags.get("sekd.method", system)
         row["seed"] = int(seed) if seed else None
         row[STATUS] = NOT_TRAINED if untrained else ""
         if not untrained:
@@ -93,9 +101,42 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
         if (group[STATUS] == NOT_TRAINED).any():  # no numbers for a model its method never trained
             rows.append({"system": method, "seeds": len(group), STATUS: NOT_TRAINED})
             continue
-        seed_means = group.drop(columns=["run", "method", "seed", STATUS]).dropna(axis=1, how="all")
+        seed_means = group.drop(columns=[*RUN_COLUMNS, STATUS]).dropna(axis=1, how="all")
         rows.append(method_row(method, seed_means))
     return pd.DataFrame(rows)
+
+
+def paired_scores(
+    runs: pd.DataFrame, tracking_cfg: Mapping | None = None
+) -> dict[str, dict[int, pd.DataFrame]]:
+    """``{method: {seed: per-utterance scores}}`` from each trained seed's run artifact; runs
+    that have none (evaluated before sekd logged it there) are left out, with a warning."""
+    import tempfile
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from sekd.results import utterance_scores
+
+    client = MlflowClient(tracking_uri=tracking_uri(dict(tracking_cfg or {})))
+    scores: dict[str, dict[int, pd.DataFrame]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in runs.itertuples():
+            if pd.isna(row.seed) or getattr(row, STATUS) == NOT_TRAINED:
+                continue
+            names = {a.path for a in client.list_artifacts(row.run_id)}
+            if UTTERANCE_SCORES not in names:
+                log.warning(
+                    "run %s: no %s artifact, left out of the paired statistics",
+                    row.run,
+                    UTTERANCE_SCORES,
+                )
+                continue
+            path = client.download_artifacts(
+                row.run_id, UTTERANCE_SCORES, str(Path(tmp) / row.run_id)
+            )
+            scores.setdefault(row.method, {})[int(row.seed)] = utterance_scores(Path(path))
+    return scores
 
 
 def compare_text(
@@ -105,10 +146,17 @@ def compare_text(
     seeds: Sequence[int] = (),
     per_run: bool = False,
 ) -> str:
-    """The comparison as a Markdown table (or every run's test metrics with ``per_run``)."""
-    from sekd.results import markdown_table
+    """The comparison as Markdown tables, the method table and the paired differences to no-KD
+    (or every run's test metrics with ``per_run``)."""
+    from sekd.metrics import METRIC_KEYS
+    from sekd.paired import paired_table
+    from sekd.results import join_paired, markdown_table, paired_markdown
 
     runs = runs_frame(phase, tracking_cfg, methods, seeds)
     if per_run:
-        return runs.to_string(index=False, float_format=lambda x: f"{x:.3f}")
-    return markdown_table(method_table(runs))
+        shown = runs.drop(columns=["run_id"])
+        return shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+    table = method_table(runs)
+    paired = paired_table(paired_scores(runs, tracking_cfg), METRIC_KEYS)
+    table = join_paired(table, paired)
+    return markdown_table(table) + paired_markdown(table)

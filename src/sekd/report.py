@@ -29,7 +29,8 @@ from sekd.data.manifest import read_manifest
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, read_audio, write_text
 from sekd.metrics import METRIC_KEYS
-from sekd.results import gains_plot, markdown_table, personal_markdown
+from sekd.paired import BASELINE
+from sekd.results import gains_plot, markdown_table, paired_markdown, personal_markdown
 from sekd.tracking import git_commit, split_system
 
 __all__ = ["write_report"]
@@ -89,6 +90,7 @@ def write_report(root: Path, out_dir: Path, cfg: dict) -> Path:
     with matplotlib.rc_context(STYLE):
         sections = [
             ("comparison", "Method comparison", _comparison_section(table)),
+            ("paired", f"Paired differences to {BASELINE}", _paired_section(table)),
             ("metrics", "Per-metric results", _metric_section(table)),
             ("personal", "Personalisation gains", _personal_section(results / "personal")),
             ("pareto", "Quality vs. student MACs", _pareto_section(table)),
@@ -192,6 +194,47 @@ def _values(table: pd.DataFrame, column: str) -> np.ndarray:
 
 def _comparison_section(table: pd.DataFrame) -> str:
     return _markdown_html(markdown_table(table))
+
+
+FOREST_COLUMNS = 4  # metric panels per row of the forest plot
+SIGNIFICANT = 0.05  # Holm-adjusted p below which a difference is drawn filled
+
+
+def _paired_section(table: pd.DataFrame) -> str:
+    text = paired_markdown(table)
+    if not text:
+        return f"<p>No method shares seeds with {BASELINE}: no paired differences.</p>"
+    return _forest_plot(table) + _markdown_html(text)
+
+
+def _forest_plot(table: pd.DataFrame) -> str:
+    """One panel per metric: each method's mean paired difference to the baseline with its 95%
+    bootstrap CI, a line at zero; filled where Holm's p < ``SIGNIFICANT``."""
+    rows = table[pd.notna(_values(table, "paired_seeds"))]
+    keys = [k for k in METRIC_KEYS if np.isfinite(_values(rows, f"{k}_diff")).any()]
+    columns = min(FOREST_COLUMNS, len(keys))
+    panels = -(-len(keys) // columns)
+    height = 0.35 * len(rows) + 1.2
+    figure = Figure(figsize=(3.4 * columns, height * panels), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(panels, columns, squeeze=False)).ravel()
+    positions = np.arange(len(rows))[::-1]
+    for axis, key in zip(axes, keys, strict=False):
+        diff = _values(rows, f"{key}_diff")
+        low, high = _values(rows, f"{key}_diff_low"), _values(rows, f"{key}_diff_high")
+        significant = _values(rows, f"{key}_p_holm") < SIGNIFICANT
+        axis.axvline(0.0, color="0.5", linewidth=1)
+        axis.errorbar(
+            diff, positions, xerr=[diff - low, high - diff], fmt="none", ecolor="tab:blue"
+        )
+        for filled, marker_face in ((True, "tab:blue"), (False, "white")):
+            keep = significant == filled
+            axis.plot(diff[keep], positions[keep], "o", color="tab:blue", mfc=marker_face)
+        axis.set_yticks(positions, rows["system"])
+        axis.set_title(_metric_axis_label(key))
+        axis.grid(axis="x", alpha=0.3)
+    for axis in axes[len(keys) :]:
+        axis.set_visible(False)
+    return _img(figure, f"paired differences to {BASELINE} with 95% CIs")
 
 
 def _metric_section(table: pd.DataFrame) -> str:

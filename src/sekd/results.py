@@ -21,6 +21,7 @@ from sekd.io import atomic_dir, read_audio, write_audio, write_json, write_text
 from sekd.metrics import METRIC_KEYS
 from sekd.metrics.scoring import DNSMOS_SCORED, score_batch, scoring_pool, summarize
 from sekd.models.store import WEIGHTS
+from sekd.paired import BASELINE, RESAMPLES, paired_table
 from sekd.parallel import WorkerPool
 from sekd.tracking import log_to_training_run, split_system, start_run, system_tags
 
@@ -134,7 +135,9 @@ def _track(
         scores = {f"test/{k}": v["mean"] for k, v in summary.items() if v["n"]}
         run.log_metrics(scores)
         if phase == "evaluate" and is_trained(info):
-            log_to_training_run(run, system, scores, tracking_cfg)
+            log_to_training_run(
+                run, system, scores, tracking_cfg, artifacts=[out_dir / "per_utterance.csv"]
+            )
         run.log_artifact(out_dir / "per_utterance.csv")
         for wav in sorted((out_dir / "examples").glob("*.wav")):
             run.log_artifact(wav, "audio")
@@ -186,10 +189,13 @@ def _one_line(summary: dict) -> str:
 
 
 def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
-    """Write ``metrics.json`` (per system, for ``dvc metrics``), ``table.md`` and ``table.csv``.
+    """Write ``metrics.json`` (per system), ``methods.json`` (per method, for ``dvc metrics``),
+    ``table.md`` and ``table.csv``.
 
     The table has one row per method: systems named ``<method>-<seed>`` are pooled, and with two or
     more seeds the mean ± 95% CI is over the seeds' means; with one it is over test utterances.
+    Each method's paired difference to the no-KD student (same seed, same utterances; CI, p and
+    Holm's p, :mod:`sekd.paired`) joins its row.
     """
     results = [_read_result(folder) for folder in system_dirs]
     _refuse_shared_weights(results)
@@ -205,11 +211,92 @@ def write_comparison(system_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     for result in results:
         groups.setdefault(split_system(result["system"]["system"])[0], []).append(result)
     table = pd.DataFrame([_table_row(method, group) for method, group in groups.items()])
+    paired = paired_table(_per_utterance_scores(system_dirs, results), METRIC_KEYS)
+    table = join_paired(table, paired)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
-    write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
-    write_text(out_dir / "table.md", markdown_table(table))
+    write_json(out_dir / "methods.json", method_metrics(table))
+    write_text(out_dir / "table.csv", _csv_text(table))
+    write_text(out_dir / "table.md", markdown_table(table) + paired_markdown(table))
     return table
+
+
+def _csv_text(table: pd.DataFrame) -> str:
+    """``table`` as CSV: four decimals, but p-values in three significant digits (a p of 1e-8
+    is not 0.0000)."""
+    table = table.copy()
+    for column in (c for c in table.columns if c.endswith(("_p", "_p_holm"))):
+        table[column] = table[column].map(lambda p: "" if pd.isna(p) else f"{p:.3g}")
+    return table.to_csv(index=False, float_format="%.4f")
+
+
+def _per_utterance_scores(
+    system_dirs: list[Path], results: list[dict]
+) -> dict[str, dict[int, pd.DataFrame]]:
+    """``{method: {seed: per-utterance scores by id}}`` of the trained systems with a seed (the
+    paired comparison's input; DNSMOS only where it was scored)."""
+    scores: dict[str, dict[int, pd.DataFrame]] = {}
+    for folder, result in zip(system_dirs, results, strict=True):
+        method, seed = split_system(result["system"]["system"])
+        if seed is None or not is_trained(result["system"]):
+            continue
+        scores.setdefault(method, {})[seed] = utterance_scores(folder / "per_utterance.csv")
+    return scores
+
+
+def utterance_scores(path: Path) -> pd.DataFrame:
+    """A ``per_utterance.csv`` indexed by utterance id, DNSMOS blanked where not scored."""
+    if not path.is_file():
+        raise SekdError(f"{path}: per-utterance scores not found")
+    frame = pd.read_csv(path).set_index("id")
+    if DNSMOS_SCORED in frame.columns:
+        unscored = ~frame[DNSMOS_SCORED].astype(bool)
+        dnsmos = [c for c in frame.columns if c.startswith("dnsmos_") and c != DNSMOS_SCORED]
+        frame.loc[unscored, dnsmos] = np.nan
+    return frame
+
+
+PAIRED_SUFFIXES = {
+    "mean": "diff",
+    "low": "diff_low",
+    "high": "diff_high",
+    "p": "p",
+    "p_holm": "p_holm",
+}
+
+
+def join_paired(table: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``<metric>_diff``, ``_diff_low``, ``_diff_high``, ``_p``, ``_p_holm``
+    columns from ``paired`` (one row per method and metric) on each method's row."""
+    if paired.empty:
+        return table
+    wide = {}
+    for (method, metric), row in paired.set_index(["method", "metric"]).iterrows():
+        cells = wide.setdefault(method, {"paired_seeds": row["seeds"]})
+        cells.update({f"{metric}_{suffix}": row[key] for key, suffix in PAIRED_SUFFIXES.items()})
+    columns = pd.DataFrame.from_dict(wide, orient="index")
+    return table.join(columns, on="system")
+
+
+def method_metrics(table: pd.DataFrame) -> dict:
+    """Per method: each metric's mean, 95% CI and, against no-KD, the paired difference, its CI
+    and Holm's p (``results/methods.json``: one short row per method in ``dvc metrics show``)."""
+    summary = {}
+    for _, row in table.iterrows():
+        entry: dict = {"seeds": int(row["seeds"])}
+        for key in (k for k in METRIC_KEYS if k in table.columns):
+            cells = {"mean": row[key], "ci95": row[f"{key}_ci95"]}
+            for suffix in ("diff", "diff_low", "diff_high", "p_holm"):
+                cells[suffix] = row.get(f"{key}_{suffix}")
+            values = {k: round(float(v), 4) for k, v in cells.items() if _number(v)}
+            if values:
+                entry[key] = values
+        summary[str(row["system"])] = entry
+    return summary
+
+
+def _number(value: object) -> bool:
+    return value is not None and not isinstance(value, str) and bool(np.isfinite(value))
 
 
 def _refuse_shared_weights(results: list[dict]) -> None:
@@ -307,6 +394,46 @@ def markdown_table(table: pd.DataFrame) -> str:
                 f"{int(first['utterances'])} test utterances (evaluate.dnsmos_utterances).\n"
             )
     return "\n".join(lines) + "\n" + note
+
+
+def paired_markdown(table: pd.DataFrame) -> str:
+    """The paired differences to no-KD: one row per metric, one column per method."""
+    methods = [
+        m
+        for m, seeds in zip(table["system"], table.get("paired_seeds", []), strict=False)
+        if _number(seeds)
+    ]
+    keys = [k for k in METRIC_KEYS if f"{k}_diff" in table.columns]
+    if not methods or not keys:
+        return ""
+    rows = table.set_index("system")
+    lines = [
+        f"\nPaired difference to {BASELINE} (method − {BASELINE}, same seed, same utterance):\n",
+        "| metric | " + " | ".join(methods) + " |",
+        "|" + "---|" * (len(methods) + 1),
+    ]
+    for key in keys:
+        cells = [_paired_cell(rows.loc[method], key) for method in methods]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    seeds = int(rows.loc[methods[0], "paired_seeds"])
+    note = (
+        f"\nMean difference [95% CI: bootstrap over seeds, then utterances, {RESAMPLES:,} resamples];"
+        " p: Wilcoxon signed-rank (scipy.stats) on the per-utterance differences averaged over"
+        f" the {seeds} paired seeds, Holm-adjusted over every method × metric of this table.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def _paired_cell(row: pd.Series, key: str) -> str:
+    diff = row.get(f"{key}_diff")
+    if not _number(diff):
+        return ""
+    low, high, p = row[f"{key}_diff_low"], row[f"{key}_diff_high"], row[f"{key}_p_holm"]
+    return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}] p={_p_text(p)}"
+
+
+def _p_text(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
 def summary_text(cfg: dict) -> str:

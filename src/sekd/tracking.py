@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,11 +329,14 @@ def log_to_training_run(
     system: str,
     metrics: Mapping[str, float],
     tracking_cfg: Mapping[str, Any] | None = None,
+    artifacts: Sequence[Path] = (),
 ) -> str | None:
-    """Copy ``metrics`` onto the latest finished run that trained ``system``; its id, or None.
+    """Copy ``metrics`` (and ``artifacts``) onto the latest finished run that trained ``system``;
+    its id, or None.
 
     An evaluation job scores a model after its training run ended; with the test metrics on the
-    training run too, the MLflow compare view of ``sekd/distill`` shows test scores per method.
+    training run too, the MLflow compare view of ``sekd/distill`` shows test scores per method,
+    and ``sekd compare`` finds the per-utterance scores its paired statistics need.
     """
     if not isinstance(tracker, Tracker):
         return None
@@ -349,7 +352,10 @@ def log_to_training_run(
     )
     if not runs:
         return None
-    Tracker(client, runs[0].info.run_id).log_metrics(metrics)
+    training = Tracker(client, runs[0].info.run_id)
+    training.log_metrics(metrics)
+    for path in artifacts:
+        training.log_artifact(path)
     return runs[0].info.run_id
 
 

@@ -158,7 +158,10 @@ def phase_outputs(phase, method=None):
         "distill": [path for m in DISTILL_METHODS for path in phase_outputs("distill", m)],
         "evaluate": [
             *(f"{RESULTS}/eval/{name}" for name in systems()),
-            *(f"{RESULTS}/{name}" for name in ("metrics.json", "table.md", "table.csv")),
+            *(
+                f"{RESULTS}/{name}"
+                for name in ("metrics.json", "methods.json", "table.md", "table.csv")
+            ),
         ],
         "adapt": [f"{RESULTS}/personal/{name}" for name in PERSONAL_TABLE],
         "report": [f"{RESULTS}/report/index.html"],

@@ -72,6 +72,7 @@ rule comparison_table:
         expand(f"{RESULTS}/eval/{{system}}", system=systems()),
     output:
         json=f"{RESULTS}/metrics.json",
+        methods=f"{RESULTS}/methods.json",
         md=f"{RESULTS}/table.md",
         csv=f"{RESULTS}/table.csv",
     log:

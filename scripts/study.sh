@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run the study (config/study.yaml over params.yaml) on this machine's cores, resumably: after any
+# stop, the same command finishes what is left. Each start and finish is appended to
+# study/runs.log with the commit, the machine and the wall time (docs/study.md quotes it).
+# Extra arguments go to Snakemake (e.g. -n for the plan).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+mkdir -p study
+cores=${SEKD_CORES:-$(nproc)}
+machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo "$(date -u +%FT%TZ) start $(git rev-parse --short HEAD), -c$cores on $machine" >> study/runs.log
+start=$(date +%s)
+snakemake --cores "$cores" --configfile config/study.yaml --rerun-incomplete "$@"
+echo "$(date -u +%FT%TZ) done in $(( $(date +%s) - start )) s" >> study/runs.log
+sekd summary --params params.yaml --params config/study.yaml
