@@ -33,7 +33,7 @@ from sekd.paired import BASELINE
 from sekd.results import gains_plot, markdown_table, paired_markdown, personal_markdown
 from sekd.tracking import git_commit, split_system
 
-__all__ = ["write_report"]
+__all__ = ["forest_figure", "write_report"]
 
 EXAMPLE_UTTERANCES = 2  # rows of the spectrogram grid
 SPLITS = ("train", "valid", "test")
@@ -208,8 +208,13 @@ def _paired_section(table: pd.DataFrame) -> str:
 
 
 def _forest_plot(table: pd.DataFrame) -> str:
+    return _img(forest_figure(table), f"paired differences to {BASELINE} with 95% CIs")
+
+
+def forest_figure(table: pd.DataFrame) -> Figure:
     """One panel per metric: each method's mean paired difference to the baseline with its 95%
-    bootstrap CI, a line at zero; filled where Holm's p < ``SIGNIFICANT``."""
+    bootstrap CI, a line at zero; filled where Holm's p < ``SIGNIFICANT``. ``table`` is
+    ``table.csv`` (its ``<metric>_diff*`` and ``_p_holm`` columns)."""
     rows = table[pd.notna(_values(table, "paired_seeds"))]
     keys = [k for k in METRIC_KEYS if np.isfinite(_values(rows, f"{k}_diff")).any()]
     columns = min(FOREST_COLUMNS, len(keys))
@@ -234,7 +239,7 @@ def _forest_plot(table: pd.DataFrame) -> str:
         axis.grid(axis="x", alpha=0.3)
     for axis in axes[len(keys) :]:
         axis.set_visible(False)
-    return _img(figure, f"paired differences to {BASELINE} with 95% CIs")
+    return figure
 
 
 def _metric_section(table: pd.DataFrame) -> str:
