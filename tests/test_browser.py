@@ -8,6 +8,7 @@ cannot be installed the test fails and says so; SEKD_ALLOW_NO_BROWSER=1 makes th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -193,6 +194,78 @@ def test_compare_prints_the_report_numbers(pipeline, mlflow_server):
     shown = _paired_cells(compared)
     assert shown == _paired_cells((pipeline / "results/table.md").read_text())
     assert {method for _, method in shown} == set(METHODS) and len(shown) >= 3 * len(METHODS)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        [],
+        ["--method", "dfkd"],
+        ["--seed", "0"],
+        ["--method", "output_kd", "--seed", "0"],
+        ["--method", "nokd", "--method", "dfkd"],
+    ],
+)
+def test_compare_with_every_filter_prints_table_md_numbers(
+    pipeline, mlflow_server, capsys, filters
+):
+    """Each filter's printed rows: the methods asked for, with table.md's params, MMAC/s and
+    metric means (one seed: compare shows the mean, table.md mean ± CI over utterances), and
+    the shown KD methods' paired differences to no-KD equal table.md's."""
+    from sekd.cli import main
+
+    argv = ["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml"), *filters]
+    with _tracking_env(mlflow_server):
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    table_md = (pipeline / "results/table.md").read_text()
+    shown, expected = _method_rows(printed), _method_rows(table_md)
+    asked = [f for flag, f in zip(filters, filters[1:], strict=False) if flag == "--method"]
+    assert set(shown) == set(asked or [*METHODS, "nokd"])
+    for system, cells in shown.items():
+        for column, cell in cells.items():
+            if column not in ("system", "seeds", "tuned values"):
+                assert cell == expected[system][column].split(" ± ")[0], (system, column)
+    kd_shown = set(shown) - {"nokd"}
+    paired = _paired_cells(printed) if kd_shown else {}
+    assert {m for _, m in paired} == kd_shown
+    assert paired == {k: v for k, v in _paired_cells(table_md).items() if k[1] in kd_shown}
+
+
+def test_compare_with_a_seed_that_has_no_run_says_so(pipeline, mlflow_server, capsys):
+    from sekd.cli import main
+
+    argv = ["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml")]
+    with _tracking_env(mlflow_server):
+        assert main([*argv, "--seed", "7"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("sekd compare: error: MLflow: no finished run") and "seeds [7]" in error
+
+
+@contextlib.contextmanager
+def _tracking_env(uri: str):
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _method_rows(markdown: str) -> dict[str, dict[str, str]]:
+    """``{system: {column: cell}}`` of the method table (the first table) in ``markdown``."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        if line.startswith("| metric |"):
+            break  # the paired table
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(head, cells, strict=True))
+    return rows
 
 
 def _paired_cells(markdown: str) -> dict[tuple[str, str], str]:

@@ -41,13 +41,21 @@ def _experiment_ids(client: Any, phase: str, tracking_cfg: Mapping | None) -> li
     return ids
 
 
-def _query(methods: Sequence[str], seeds: Sequence[int]) -> str:
-    clauses = ["attributes.status = 'FINISHED'"]
-    if methods:
-        clauses.append("tags.`sekd.method` IN (" + ", ".join(f"'{m}'" for m in methods) + ")")
-    if seeds:
-        clauses.append("tags.`sekd.seed` IN (" + ", ".join(f"'{s}'" for s in seeds) + ")")
-    return " and ".join(clauses)
+FINISHED = "attributes.status = 'FINISHED'"
+MODEL_METRICS = {"final/params": "params", "final/macs_per_second": "macs_per_second"}
+
+
+def _search(client: Any, ids: list[str]) -> list:
+    """Every finished run of the experiments, newest first (all pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            ids, FINISHED, order_by=["attributes.start_time DESC"], page_token=token
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def runs_frame(
@@ -56,22 +64,17 @@ def runs_frame(
     methods: Sequence[str] = (),
     seeds: Sequence[int] = (),
 ) -> pd.DataFrame:
-    """One row per system (latest finished run) with its ``test/*`` metrics, unprefixed."""
+    """One row per system (latest finished run) with its ``test/*`` metrics, unprefixed, and the
+    model's parameter count and MACs per second.
+
+    The method and seed filters apply here, not in MLflow's search: its filter grammar has no
+    ``IN`` for tags (a quoted list was refused with "Expected a quoted string value for tag").
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(dict(tracking_cfg or {})))
-    ids = _experiment_ids(client, phase, tracking_cfg)
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            ids, _query(methods, seeds), order_by=["attributes.start_time DESC"], page_token=token
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
     rows, seen = [], set()
-    for run in runs:
+    for run in _search(client, _experiment_ids(client, phase, tracking_cfg)):
         tags, metrics = run.data.tags, run.data.metrics
         system = tags.get("sekd.system")
         untrained = tags.get("sekd.updates") == "0"  # evaluation logs no test metrics for it
@@ -84,12 +87,22 @@ def runs_frame(
         row["method"] = tags.get("sekd.method", system)
         row["seed"] = int(seed) if seed else None
         row[STATUS] = NOT_TRAINED if untrained else ""
+        row.update({name: metrics.get(key) for key, name in MODEL_METRICS.items()})
         if not untrained:
             row.update({k.removeprefix(TEST): v for k, v in metrics.items() if k.startswith(TEST)})
         rows.append(row)
-    if not rows:
-        raise SekdError(f"MLflow: no finished run with test metrics in phase '{phase}'")
-    return pd.DataFrame(rows).sort_values(["method", "seed"], na_position="first")
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        keep = pd.Series(True, index=frame.index)
+        if methods:
+            keep &= frame["method"].isin(methods)
+        if seeds:
+            keep &= frame["seed"].isin(seeds)
+        frame = frame[keep]
+    if frame.empty:
+        wanted = f" (methods {list(methods) or 'any'}, seeds {list(seeds) or 'any'})"
+        raise SekdError(f"MLflow: no finished run with test metrics in phase '{phase}'{wanted}")
+    return frame.sort_values(["method", "seed"], na_position="first")
 
 
 def method_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -101,8 +114,9 @@ def method_table(runs: pd.DataFrame) -> pd.DataFrame:
         if (group[STATUS] == NOT_TRAINED).any():  # no numbers for a model its method never trained
             rows.append({"system": method, "seeds": len(group), STATUS: NOT_TRAINED})
             continue
-        seed_means = group.drop(columns=[*RUN_COLUMNS, STATUS]).dropna(axis=1, how="all")
-        rows.append(method_row(method, seed_means))
+        seed_means = group.drop(columns=[*RUN_COLUMNS, STATUS, *MODEL_METRICS.values()])
+        row = method_row(method, seed_means.dropna(axis=1, how="all"))
+        rows.append({**row, **group[list(MODEL_METRICS.values())].iloc[0].to_dict()})
     return pd.DataFrame(rows)
 
 
@@ -157,6 +171,9 @@ def compare_text(
         shown = runs.drop(columns=["run_id"])
         return shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
     table = method_table(runs)
-    paired = paired_table(paired_scores(runs, tracking_cfg), METRIC_KEYS)
+    # Paired with no-KD over every method of those seeds, shown or not: Holm's family is the
+    # whole comparison, so a method filter never changes a p-value.
+    paired_runs = runs_frame(phase, tracking_cfg, (), seeds) if methods else runs
+    paired = paired_table(paired_scores(paired_runs, tracking_cfg), METRIC_KEYS)
     table = join_paired(table, paired)
     return markdown_table(table) + paired_markdown(table)
