@@ -8,7 +8,6 @@ cannot be installed the test fails and says so; SEKD_ALLOW_NO_BROWSER=1 makes th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -168,24 +167,14 @@ def test_mlflow_compare_view_lists_both_students_with_the_same_keys(
     assert {"test/pesq_wb", "test/csig", "test/dnsmos_ovrl"} <= shown <= keys[0], shown
 
 
-def test_compare_prints_the_report_numbers(pipeline, mlflow_server):
+def test_compare_prints_the_report_numbers(pipeline, mlflow_server, monkeypatch):
     from sekd.cli import main
+    from sekd.compare import compare_text, method_table, runs_frame
 
-    env_before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
-    try:
-        from sekd.compare import compare_text, method_table, runs_frame
-
-        table = method_table(runs_frame("distill")).set_index("system")
-        compared = compare_text("distill")
-        assert (
-            main(["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml")]) == 0
-        )
-    finally:
-        if env_before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env_before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    table = method_table(runs_frame("distill")).set_index("system")
+    compared = compare_text("distill")
+    assert main(["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml")]) == 0
     report = pd.read_csv(pipeline / "results/table.csv").set_index("system")
     for method in [*METHODS, "nokd"]:
         for key in ("si_sdr", "pesq_wb", "stoi"):
@@ -207,7 +196,7 @@ def test_compare_prints_the_report_numbers(pipeline, mlflow_server):
     ],
 )
 def test_compare_with_every_filter_prints_table_md_numbers(
-    pipeline, mlflow_server, capsys, filters
+    pipeline, mlflow_server, capsys, monkeypatch, filters
 ):
     """Each filter's printed rows: the methods asked for, with table.md's params, MMAC/s and
     metric means (one seed: compare shows the mean, table.md mean ± CI over utterances), and
@@ -215,8 +204,8 @@ def test_compare_with_every_filter_prints_table_md_numbers(
     from sekd.cli import main
 
     argv = ["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml"), *filters]
-    with _tracking_env(mlflow_server):
-        assert main(argv) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     table_md = (pipeline / "results/table.md").read_text()
     shown, expected = _method_rows(printed), _method_rows(table_md)
@@ -232,27 +221,14 @@ def test_compare_with_every_filter_prints_table_md_numbers(
     assert paired == {k: v for k, v in _paired_cells(table_md).items() if k[1] in kd_shown}
 
 
-def test_compare_with_a_seed_that_has_no_run_says_so(pipeline, mlflow_server, capsys):
+def test_compare_with_a_seed_that_has_no_run_says_so(pipeline, mlflow_server, capsys, monkeypatch):
     from sekd.cli import main
 
     argv = ["compare", "--phase", "distill", "--params", str(pipeline / "params.yaml")]
-    with _tracking_env(mlflow_server):
-        assert main([*argv, "--seed", "7"]) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert main([*argv, "--seed", "7"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("sekd compare: error: MLflow: no finished run") and "seeds [7]" in error
-
-
-@contextlib.contextmanager
-def _tracking_env(uri: str):
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _method_rows(markdown: str) -> dict[str, dict[str, str]]:
