@@ -181,3 +181,58 @@ def test_an_unreachable_tracking_server_fails_fast_and_names_the_uri(clean_env, 
     with pytest.raises(SekdError, match="HTTP 503 Service Unavailable"):
         check_server(live)
     check_server("sqlite:///x.db")  # not a server: nothing to check
+
+
+HOLDER = """
+import sys, time
+from sekd.tracking import start_run
+uri, phase, name = sys.argv[1:4]
+with start_run(phase, name, {}, {}, {"uri": uri, "experiment_prefix": "t"}) as run:
+    print(run.run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def _holder(uri: str, phase: str, name: str) -> tuple[subprocess.Popen, str]:
+    """A process that opens run ``name`` and sleeps in it (a job in the middle of its work)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, uri, phase, name],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    return proc, proc.stdout.readline().strip()
+
+
+def test_runs_of_killed_jobs_end_killed_at_the_next_start(clean_env, tmp_path):
+    """A SIGKILLed job's run is ended KILLED when its job reruns (same name), and a killed
+    process's run (e.g. an Optuna worker's trial) when any run of its experiment starts on this
+    host; a live process's run is left alone. Experiments open on runs in the UI; `dvc exp run`'s
+    experiment name is a tag."""
+    from mlflow import MlflowClient
+
+    clean_env.setenv("SEKD_ROOT", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {"uri": uri, "experiment_prefix": "t"}
+    client = MlflowClient(uri)
+    killed_job, job_run = _holder(uri, "distill", "distill/dfkd/seed0")
+    killed_trial, trial_run = _holder(uri, "tune", "tune/dfkd/trial3")
+    live_trial, live_run = _holder(uri, "tune", "tune/dfkd/trial5")
+    try:
+        for proc in (killed_job, killed_trial):
+            proc.kill()
+            proc.wait(timeout=30)
+        assert client.get_run(job_run).info.status == "RUNNING"  # nobody could end it
+        clean_env.setenv("DVC_EXP_NAME", "lambda-sweep")
+        with start_run("distill", "distill/dfkd/seed0", {}, {}, cfg) as rerun:
+            assert client.get_run(job_run).info.status == "KILLED"
+            assert client.get_run(rerun.run_id).data.tags["dvc.exp_name"] == "lambda-sweep"
+        with start_run("tune", "tune/dfkd/trial4", {}, {}, cfg):
+            assert client.get_run(trial_run).info.status == "KILLED"
+            assert client.get_run(live_run).info.status == "RUNNING"
+    finally:
+        live_trial.kill()
+        live_trial.wait(timeout=30)
+    for phase in ("distill", "tune"):
+        tags = client.get_experiment_by_name(f"t/{phase}").tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -227,18 +228,66 @@ class Tracker(NullTracker):
         _retry(self.client.log_figure, self.run_id, figure, artifact_file)
 
 
+# The MLflow UI opens an experiment without this tag on its GenAI traces page, not on the runs.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
-    """Get or create experiment ``name``; tolerate another process creating it first."""
+    """Get or create experiment ``name`` (tagged ``EXPERIMENT_TAGS``, older ones too); tolerate
+    another process creating it first."""
     found = _retry(client.get_experiment_by_name, name)
-    if found is not None:
-        return found.experiment_id
-    location = (artifact_root / name.replace("/", "_")).as_uri() if artifact_root else None
+    if found is None:
+        location = (artifact_root / name.replace("/", "_")).as_uri() if artifact_root else None
+        try:
+            return _retry(
+                client.create_experiment, name, artifact_location=location, tags=EXPERIMENT_TAGS
+            )
+        except Exception as err:
+            if "already exists" not in str(err).lower():
+                raise
+            found = _retry(client.get_experiment_by_name, name)
+    for key, value in EXPERIMENT_TAGS.items():
+        if found.tags.get(key) != value:
+            _retry(client.set_experiment_tag, found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def end_stale_runs(client: Any, experiment_id: str, run_name: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this checkout whose job can no longer end them: a run of
+    the same name (Snakemake never runs one job twice at once, so it is a killed attempt's), or
+    one whose process, on this host, is gone (a killed job or Optuna worker). Returns their names.
+
+    Why: a SIGKILL (OOM, ``scancel``, a killed ``snakemake``) leaves no chance to end a run, and a
+    RUNNING run forever looks like a live job in the UI and in every comparison view.
+    """
+    running = _retry(client.search_runs, [experiment_id], "attributes.status = 'RUNNING'")
+    checkout, host = str(repo_root()), socket.gethostname()
+    ended = []
+    for run in running:
+        tags = run.data.tags
+        if tags.get("sekd.checkout") != checkout:
+            continue  # another checkout's run: not ours to judge
+        gone = tags.get("sekd.host") == host and not _process_alive(tags.get("sekd.pid"))
+        if run.info.run_name == run_name or gone:
+            _retry(client.set_terminated, run.info.run_id, status="KILLED")
+            ended.append(run.info.run_name)
+    if ended:
+        log.warning(
+            "MLflow: ended %s as KILLED (their jobs were killed before they finished)", ended
+        )
+    return ended
+
+
+def _process_alive(pid: str | None) -> bool:
+    if not pid or not pid.isdigit():
+        return True  # no pid recorded: cannot tell, leave it
     try:
-        return _retry(client.create_experiment, name, artifact_location=location)
-    except Exception as err:
-        if "already exists" not in str(err).lower():
-            raise
-        return _retry(client.get_experiment_by_name, name).experiment_id
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_tags(params: Mapping[str, Any], parent_run_id: str | None) -> dict[str, str]:
@@ -250,6 +299,10 @@ def run_tags(params: Mapping[str, Any], parent_run_id: str | None) -> dict[str, 
         "snakemake.wildcards": os.environ.get("SEKD_WILDCARDS"),
         "slurm.job_id": os.environ.get("SLURM_JOB_ID"),
         "mlflow.parentRunId": parent_run_id,
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME"),  # set by `dvc exp run`
+        "sekd.checkout": str(repo_root()),
+        "sekd.host": socket.gethostname(),
+        "sekd.pid": os.getpid(),
     }
     return {k: str(v) for k, v in tags.items() if v}
 
@@ -377,6 +430,7 @@ def start_run(
         yield NullTracker()
         return
     client, experiment_id = _open_experiment(phase, tracking_cfg)
+    end_stale_runs(client, experiment_id, run_name)
     params = dict(params or {})
     all_tags = run_tags(params, parent_run_id or os.environ.get("SEKD_PARENT_RUN_ID"))
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
