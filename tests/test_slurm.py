@@ -232,3 +232,45 @@ def test_site_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert str(bad) in proc.stderr and "gpu_partition" in proc.stderr, proc.stderr
+
+
+SLURM_COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "srun", "sinfo", "salloc")
+
+
+def _path_without_slurm(folder: Path) -> str:
+    """A PATH whose commands are this PATH's, except SLURM's (a machine without SLURM)."""
+    folder.mkdir()
+    for directory in [BIN, *os.environ["PATH"].split(os.pathsep)]:
+        for command in Path(directory).glob("*") if Path(directory).is_dir() else []:
+            link = folder / command.name
+            if command.name not in SLURM_COMMANDS and not link.exists() and command.is_file():
+                link.symlink_to(command)
+    return str(folder)
+
+
+def test_without_slurm_commands_the_profile_refuses_and_deletes_nothing(tmp_path: Path) -> None:
+    """Without sbatch/squeue/sacct, `--profile slurm` (run or -n) stops before Snakemake plans,
+    deletes or submits anything, naming the missing commands; an output it would rebuild stays."""
+    repo = copy_repo(tmp_path / "repo", {})
+    stale = repo / "data" / "corpus" / "kept.txt"  # in the output of the plan's first job, forced
+    stale.parent.mkdir(parents=True)
+    stale.write_text("from an earlier run\n")
+    env = {
+        **slurm_env(REPO / "profiles/slurm/site.yaml"),
+        "PATH": _path_without_slurm(tmp_path / "bin"),
+    }
+    for extra in (["-n"], []):
+        proc = subprocess.run(
+            ["snakemake", "--profile", "slurm", "--forcerun", "corpus", *extra],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode != 0
+        message = proc.stderr.strip().splitlines()[-1]
+        assert "SLURM command(s) sbatch, squeue, scancel, sacct not found on PATH" in message, (
+            message
+        )
+        assert stale.read_text() == "from an earlier run\n"
+    assert not (repo / ".snakemake" / "slurm_logs").exists()
