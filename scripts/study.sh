@@ -9,9 +9,19 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 mkdir -p study
 cores=${SEKD_CORES:-$(nproc)}
+# One --configfile with every overlay (Snakemake keeps only the last of repeated --configfile):
+# the main study, or with SEKD_STUDY_PART=<setting> a published setting at the study's scale.
+part=${SEKD_STUDY_PART:-}
+overlays=(config/study.yaml)
+if [ -n "$part" ]; then
+  overlays+=("config/settings/$part.yaml" "config/study_parts/$part.yaml")
+fi
+for overlay in "${overlays[@]}"; do
+  [ -f "$overlay" ] || { echo "study.sh: $overlay not found (SEKD_STUDY_PART=$part)" >&2; exit 2; }
+done
 machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/ {print $2}') GiB"
-echo "$(date -u +%FT%TZ) start $(git rev-parse --short HEAD), -c$cores on $machine" >> study/runs.log
+echo "$(date -u +%FT%TZ) start ${part:-main} $(git rev-parse --short HEAD), -c$cores on $machine" >> study/runs.log
 start=$(date +%s)
-snakemake --cores "$cores" --configfile config/study.yaml --rerun-incomplete "$@"
-echo "$(date -u +%FT%TZ) done in $(( $(date +%s) - start )) s" >> study/runs.log
-sekd summary --params params.yaml --params config/study.yaml
+snakemake --cores "$cores" --configfile "${overlays[@]}" --rerun-incomplete "$@"
+echo "$(date -u +%FT%TZ) done ${part:-main} in $(( $(date +%s) - start )) s" >> study/runs.log
+sekd summary --params params.yaml "${overlays[@]/#/--params=}"
