@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 stamp="$VENV/.sekd-installed"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
+template=.dvc/plots.html  # dvc plots show's offline page (.dvc/config: plots.html_template)
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ] \
+    && [ -f "$template" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -17,5 +19,6 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --no-build-isolation pesq==0.0.4
 "${pip[@]}" -e '.[test]'
 "$VENV/bin/python" -m pip check
+"$VENV/bin/sekd" plots-template --out "$template" > /dev/null
 touch "$stamp"
 echo "setup: installed into $VENV"

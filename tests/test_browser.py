@@ -23,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from repo_copy import BIN, copy_repo, tiny_overlay
+from tiny import UNTUNED
 
 from sekd.config import deep_merge
 
 pytestmark = pytest.mark.pipeline
 
 METHODS = ["output_kd", "dfkd"]
-OVERLAY = {"distill": {"methods": METHODS}, "tune": {"methods": []}}
+OVERLAY = {"distill": {"methods": METHODS, **UNTUNED}, "tune": {"methods": []}}
 CHECK = """<script>
 window.sekdErrors = [];
 window.addEventListener('error', e => window.sekdErrors.push(String(e.message || e.target.src)), true);
@@ -151,9 +152,9 @@ def test_mlflow_compare_view_lists_both_students_with_the_same_keys(
     experiment = client.get_experiment_by_name("sekd/distill")
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
     names = {r.info.run_name: r for r in runs}
-    assert set(names) == {f"distill/{m}/seed0" for m in METHODS}
+    assert set(names) == {f"distill/{m}/seed0" for m in ["nokd", *METHODS]}  # baseline beside
     keys = [{k for k in r.data.metrics if k.startswith("test/")} for r in runs]
-    assert keys[0] == keys[1] and {"test/si_sdr", "test/pesq_wb", "test/stoi"} <= keys[0]
+    assert all(k == keys[0] for k in keys) and {"test/si_sdr", "test/pesq_wb"} <= keys[0]
     ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
     query = urllib.parse.urlencode(
         {"runs": ids, "experiments": json.dumps([experiment.experiment_id])}
@@ -165,6 +166,43 @@ def test_mlflow_compare_view_lists_both_students_with_the_same_keys(
     # the page's metric table (a scrolling box: about 17 rows render) lists the shared test keys
     shown = set(re.findall(r"\btest/\w+", text))
     assert {"test/pesq_wb", "test/csig", "test/dnsmos_ovrl"} <= shown <= keys[0], shown
+
+
+def test_the_printed_comparison_address_shows_every_students_si_sdr(
+    pipeline, mlflow_server, chromium, tmp_path
+):
+    """`sekd summary` prints the MLflow UI address of the comparison; opened as it is, with no
+    clicks, the runs table shows every student's test SI-SDR, the no-KD baseline's included."""
+    from mlflow import MlflowClient
+
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+    }
+    proc = subprocess.run(
+        ["sekd", "summary"], cwd=pipeline, env=env, capture_output=True, text=True, check=True
+    )
+    url = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("compare:"))
+    assert url.startswith(f"{mlflow_server}/#/experiments/"), url
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sekd/distill")
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+    scores = {r.data.tags["sekd.system"]: r.data.metrics["test/si_sdr"] for r in runs}
+    assert set(scores) == {f"{method}-0" for method in ["nokd", *METHODS]}
+    text = re.sub(r"<[^>]+>", " ", render(chromium, url, tmp_path))
+    for system, value in scores.items():
+        assert f" {value!r} " in text, f"{system}: test/si_sdr {value!r} is not in the run table"
+        assert system in text
+    shot = tmp_path / "mlflow-comparison.png"  # kept with the test's temporary files
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile-shot'}", "--window-size=1600,900",
+        "--virtual-time-budget=20000", f"--screenshot={shot}", url,
+    ]  # fmt: skip
+    subprocess.run(command, capture_output=True, timeout=180, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")
 
 
 def test_compare_prints_the_report_numbers(pipeline, mlflow_server, monkeypatch):
@@ -256,6 +294,24 @@ def _paired_cells(markdown: str) -> dict[tuple[str, str], str]:
         for row in body
         for method, cell in zip(methods, row[1:], strict=True)
     }
+
+
+def test_dvc_plots_show_renders_offline(pipeline, chromium, tmp_path):
+    """`dvc plots show` writes a page that draws every plot with no network: .dvc/config names
+    sekd's template, which carries Vega inline (DVC's own loads it from a CDN)."""
+    out = tmp_path / "plots"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    subprocess.run(
+        ["dvc", "plots", "show", "-o", str(out)], cwd=pipeline, env=env, check=True, text=True,
+        capture_output=True,
+    )  # fmt: skip
+    page = (out / "index.html").read_text()
+    assert not re.findall(r"<script[^>]+src=", page), "the page loads a script from elsewhere"
+    dom = render(chromium, (out / "index.html").as_uri(), tmp_path)
+    drawn = len(re.findall(r"<svg[^>]*class=\"marks\"", dom))
+    assert drawn == 3, (
+        f"{drawn} of 3 plots drawn (teacher_curve, student_curves, method_comparison)"
+    )
 
 
 def test_report_renders_every_figure_and_table_offline(pipeline, chromium, tmp_path):

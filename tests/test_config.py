@@ -284,3 +284,79 @@ def test_paper_overlay_personal_counts_are_checked_against_the_corpus(tmp_path: 
     overlay.write_text(yaml.safe_dump({**here, "split": split}))
     with pytest.raises(SekdError, match=r"invalid key 'split': needs 8 speakers but .* has 7 with"):
         load_params(*files)
+
+
+def test_a_tuned_value_needs_its_study(params: dict) -> None:
+    """`tuned` takes the study's value, so it needs a study of that method that searches the key;
+    a number works anywhere, and a method that is not distilled is never read."""
+    assert params["distill"]["output_kd"]["weight"] == "tuned"
+    untuned = deep_merge(params, {"tune": {"methods": ["dfkd", "latent_mixup"]}})
+    with pytest.raises(SekdError, match=r"'distill.output_kd.weight': is 'tuned' but output_kd is"):
+        validate_params(untuned)
+    given = deep_merge(untuned, {"distill": {"output_kd": {"weight": 3.0}}})
+    assert validate_params(given)["distill"]["output_kd"]["weight"] == 3.0
+    not_distilled = deep_merge(untuned, {"distill": {"methods": ["dfkd", "latent_mixup"]}})
+    assert validate_params(not_distilled)
+    unsearched = deep_merge(params, {"distill": {"dfkd": {"low_weight": "tuned"}}})
+    with pytest.raises(SekdError, match=r"'distill.dfkd.low_weight': .*space does not search it"):
+        validate_params(unsearched)
+    bad = deep_merge(params, {"distill": {"output_kd": {"weight": -1}}})
+    with pytest.raises(SekdError, match=r"-1 is less than the minimum of 0 \(or 'tuned'"):
+        validate_params(bad)
+
+
+def test_the_final_student_takes_only_the_keys_marked_tuned(params: dict, tmp_path: Path) -> None:
+    from sekd.tune import apply_tuned
+
+    best = tmp_path / "best.yaml"
+    doc = {"values": {"weight": 7.5, "beta": 0.25}, "study": "dfkd-x", "trials": {"COMPLETE": 4}}
+    best.write_text(yaml.safe_dump(doc))
+    cfg = deep_merge(params, {"distill": {"dfkd": {"weight": 2.0}}})
+    applied, record = apply_tuned(cfg, "dfkd", best)
+    assert applied["distill"]["dfkd"]["weight"] == 2.0  # the number given wins
+    assert applied["distill"]["dfkd"]["beta"] == 0.25  # the key marked tuned takes the study's
+    assert record["values"] == {"beta": 0.25}
+    with pytest.raises(SekdError, match="distill.output_kd.weight is 'tuned': give --tuned"):
+        apply_tuned(params, "output_kd", None)
+    given = deep_merge(params, {"distill": {"output_kd": {"weight": 3.0}}})
+    assert apply_tuned(given, "output_kd", None) == (given, None)
+
+
+def test_a_study_does_not_depend_on_the_values_of_the_keys_it_searches(params: dict) -> None:
+    from sekd.tune import config_key
+
+    given = deep_merge(params, {"distill": {"output_kd": {"weight": 3.0}}})
+    assert config_key(given, "output_kd") == config_key(params, "output_kd")
+    other = deep_merge(params, {"distill": {"output_kd": {"distance": "mrstft"}}})
+    assert config_key(other, "output_kd") != config_key(params, "output_kd")
+
+
+def test_overlays_may_come_without_params_yaml_and_in_any_number(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`sekd validate --params A --params B` merges both over ./params.yaml (a first file that is
+    not a whole config is an overlay); the last wins."""
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({"teacher": {"model": {"conf": {"hidden": 640}}}}))
+    cmd = [str(BIN / "sekd"), "validate", "--params", "config/paper.yaml", "--params", str(second)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "config OK" in proc.stdout, proc.stderr
+    monkeypatch.chdir(REPO)
+    merged = load_params("config/paper.yaml", second)
+    assert merged["teacher"]["model"]["conf"]["hidden"] == 640  # the second file's
+    assert merged["corpus"]["source"] == "folder"  # the first's
+    assert merged["tracking"] == load_params()["tracking"]  # params.yaml's
+
+
+def test_sekd_overlay_keeps_params_yaml_comments(tmp_path: Path) -> None:
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO / "params.yaml").read_text())
+    cmd = [str(BIN / "sekd"), "overlay", "--target", str(target), str(REPO / "config/paper.yaml")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = target.read_text()
+    assert yaml.safe_load(text) == load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
+    comments = [line for line in (REPO / "params.yaml").read_text().splitlines() if "#" in line]
+    kept = [line.split("#", 1)[1] for line in comments if line.split("#", 1)[1] in text]
+    assert len(kept) == len(comments)  # every comment is still there
+    assert "extensions: [flac, wav]" in text  # a flow list stays a flow list

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from repo_copy import copy_repo, run, tiny_overlay
+from tiny import UNTUNED
 
 from sekd.config import deep_merge, load_params, validate_params
 from sekd.distill import build_distiller
@@ -82,7 +83,8 @@ def test_one_dfkd_step_trains_the_student():
     cfg = setting_params()
     torch.manual_seed(0)
     teacher, student = tiny_pair(cfg)
-    distiller = build_distiller("dfkd", teacher, cfg["distill"]["dfkd"], cache_teacher=False)
+    method_cfg = {**cfg["distill"]["dfkd"], **UNTUNED["dfkd"]}  # tune.methods is the setting's
+    distiller = build_distiller("dfkd", teacher, method_cfg, cache_teacher=False)
     target = 0.1 * torch.sin(torch.arange(8000) * 0.05).repeat(2, 1)
     batch = {"noisy": target + 0.05 * torch.randn(2, 8000), "target": target}
     before = [p.detach().clone() for p in student.parameters()]

@@ -132,7 +132,7 @@ DECREASE_CASES = {
     "output_kd-mrstft": ("output_kd", {"weight": 30.0, "distance": "mrstft"}, ("kd",)),
     "dfkd": (
         "dfkd",
-        {"weight": 300.0, "beta": 0.5, "split_from": "teacher", "n_fft": 128, "hop": 32},
+        {"weight": 3000.0, "beta": 0.5, "split_from": "teacher", "n_fft": 128, "hop": 32},
         ("kd",),
     ),
     "latent_mixup-teacher_student": (

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tiny import TINY_MODEL, tiny_train, write_set
+from tiny import TINY_MODEL, UNTUNED, tiny_train, write_set
 
 from sekd.config import load_params
 from sekd.engine import CHECKPOINT, STOP_ENV, EpochLoop
@@ -157,10 +157,11 @@ def _cases(data: dict) -> dict[str, tuple[str, dict, str]]:
         "supervised": (SUPERVISED, common, "2:2"),
         "okd": (OKD, {**common, "model": OKD_STUDENT, "method_cfg": okd_cfg}, "2:5"),
         "adapt": (ADAPT, {**common, "adapt": adapt, "train_set": data["noisy_set"]}, "2:2"),
-        "tuning_trial": (TRIAL, {**common, "method_cfg": params["distill"]["output_kd"]}, "2:2"),
     }
-    for method in ("output_kd", "dfkd", "latent_mixup"):
-        args = {**common, "method": method, "method_cfg": params["distill"][method]}
+    method_cfgs = {m: {**params["distill"][m], **UNTUNED[m]} for m in UNTUNED}  # a trial's values
+    cases["tuning_trial"] = (TRIAL, {**common, "method_cfg": method_cfgs["output_kd"]}, "2:2")
+    for method, method_cfg in method_cfgs.items():
+        args = {**common, "method": method, "method_cfg": method_cfg}
         cases[method] = (LOSS_METHOD, args, "2:2")
     return cases
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 from repo_copy import BIN, REPO, copy_repo, run, tiny_overlay
+from tiny import UNTUNED
 
-from sekd.config import deep_merge
+from sekd.config import deep_merge, load_params
 
 pytestmark = pytest.mark.pipeline
 
@@ -43,7 +44,7 @@ TEST_SITE = {
 }
 # The subset: one KD method, no tuning; a teacher long enough to be killed mid-training.
 SUBSET = {
-    "distill": {"methods": ["output_kd"]},
+    "distill": {"methods": ["output_kd"], **UNTUNED},
     "tune": {"methods": []},
     "teacher": {"train": {"epochs": 40, "patience": 40}},
 }
@@ -215,6 +216,28 @@ def test_paper_plan_asks_every_gpu_rule_for_a_gpu(tmp_path: Path) -> None:
         else:
             partition = "gpu" if name == "evaluate_personal" else "cpu"  # grouped with adapt
             assert "gpu" not in res and res["slurm_partition"] == partition, (name, res)
+    # each job asks what the paper overlay's resources section gives its rule, not the demo's
+    paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
+    wanted, site = (
+        paper["resources"],
+        yaml.safe_load((REPO / "profiles/slurm/site.yaml").read_text()),
+    )
+    asked = {name: dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1)
+                        .split(", ")) for name, block in jobs}  # fmt: skip
+    for name in ("train_teacher", "train_student_nokd", "tune_worker", "distill", "synth"):
+        assert int(asked[name]["mem_mb"]) == wanted[name]["mem_mb"], name
+        assert int(asked[name]["runtime"]) == wanted[name]["runtime"], name
+    assert wanted["train_teacher"]["runtime"] > 2 * paper_demo_runtime("train_teacher")
+    assert int(asked["synth"]["cpus_per_task"]) == site["cpus_for_synthesis"]
+    assert int(asked["train_teacher"]["cpus_per_task"]) == site["cpus_per_gpu"]
+    evaluate = asked["evaluate"]  # a method's seeds in one job, evaluate.threads cores
+    assert int(evaluate["cpus_per_task"]) == paper["evaluate"]["threads"] > 1
+    seeds = len(paper["distill"]["seeds"])
+    assert int(evaluate["runtime"]) == seeds * wanted["evaluate"]["runtime"]
+
+
+def paper_demo_runtime(rule: str) -> int:
+    return load_params(REPO / "params.yaml")["resources"][rule]["runtime"]
 
 
 def test_site_file_errors_name_the_file_and_key(tmp_path: Path) -> None:

@@ -236,3 +236,30 @@ def test_runs_of_killed_jobs_end_killed_at_the_next_start(clean_env, tmp_path):
     for phase in ("distill", "tune"):
         tags = client.get_experiment_by_name(f"t/{phase}").tags
         assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_copied_checkout_writes_its_artifacts_into_its_own_folder(clean_env, tmp_path):
+    """MLflow stores absolute artifact URIs: a copy of a checkout (mlflow.db and mlartifacts/ with
+    it) must log into, and read from, its own mlartifacts/, never the original's."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    note = tmp_path / "note.txt"
+    note.write_text("x")
+    cfg = {"uri": None, "experiment_prefix": "t"}
+    clean_env.setenv("SEKD_ROOT", str(original))
+    with start_run("distill", "distill/dfkd/seed0", {}, {}, cfg) as first:
+        first.log_artifact(note)
+    shutil.copytree(original, copy)
+    clean_env.setenv("SEKD_ROOT", str(copy))
+    with start_run("distill", "distill/dfkd/seed1", {}, {}, cfg) as second:
+        second.log_artifact(note)
+    assert sorted(p.name for p in original.rglob("note.txt")) == ["note.txt"]  # only the first's
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    for run_id in (first.run_id, second.run_id):
+        uri = client.get_run(run_id).info.artifact_uri
+        assert uri.startswith((copy / "mlartifacts").as_uri() + "/"), uri
+        assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]

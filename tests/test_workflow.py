@@ -121,9 +121,10 @@ def test_one_method_weight_change_retrains_only_that_method(dvc_run: Path) -> No
         status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout)
         assert set(status) == {"tune@dfkd", "distill@dfkd"}  # per-method stages, own params
         jobs = planned_jobs(dvc_run)
-        retune = {"tune_worker": 1, "tune_select": 1}  # dfkd is tuned: its study starts anew
+        # the study searches weight itself, so a given weight does not restart it: the student
+        # takes 2.0 and the study's beta
         rest = {"evaluate": 1, "comparison_table": 1, "report": 1, "all": 1}
-        assert jobs == {"distill": 1, **rest, **retune}
+        assert jobs == {"distill": 1, **rest}
     finally:
         run(["git", "checkout", "params.yaml"], cwd=dvc_run)
 
@@ -159,3 +160,30 @@ def test_dvc_plots_render_training_curves_and_the_comparison(dvc_run: Path) -> N
         assert values, f"{name}: no data"
     systems = {row["system"] for row in shown["method_comparison"][0]["content"]["data"]["values"]}
     assert {"noisy", "teacher", "nokd", "output_kd", "dfkd"} <= systems
+
+
+def test_an_explicit_weight_wins_and_retrains_only_its_method(dvc_run: Path) -> None:
+    """`dvc exp run -S` on a tuned method's weight: that student trains at the given value (not
+    its study's best), and no other model is retrained or rescored. Last: it changes the checkout."""
+    students = dvc_run / "models/students"
+    weights = {p: p.stat().st_mtime_ns for p in students.rglob("model.safetensors")}
+    scores = {p: p.stat().st_mtime_ns for p in (dvc_run / "results/eval").rglob("*") if p.is_file()}
+    tuned = yaml.safe_load((dvc_run / "results/tune/output_kd/best.yaml").read_text())["values"]
+    assert tuned["weight"] != 3.0
+    git_identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                    for what, value in (("NAME", "t"), ("EMAIL", "t@t"))}  # fmt: skip
+    run(["dvc", "exp", "run", "-S", "distill.output_kd.weight=3.0"], cwd=dvc_run, env=git_identity)
+
+    spec = yaml.safe_load((students / "output_kd/0/model.yaml").read_text())
+    assert spec["extra"]["method"]["output_kd"]["weight"] == 3.0
+    assert "tuning" not in spec["extra"]  # no value of the study was used
+    changed = {p.relative_to(students) for p, t in weights.items() if p.stat().st_mtime_ns != t}
+    assert changed == {Path("output_kd/0/model.safetensors")}
+    evals = dvc_run / "results/eval"
+    rescored = {
+        p.relative_to(evals).parts[0] for p, t in scores.items() if p.stat().st_mtime_ns != t
+    }
+    assert rescored == {"output_kd-0"}  # results/eval persists: the others keep their scores
+    table = (dvc_run / "results/table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| output_kd "))
+    assert "not tuned" in row

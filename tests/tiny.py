@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 TINY_MODEL = {"name": "gru_mask", "conf": {"hidden": 8, "layers": 1, "n_fft": 128, "hop": 64}}
+# Numbers for the keys params.yaml marks `tuned` (the method's study gives them), for tests that
+# train a method without its study: an overlay of the `distill` section.
+UNTUNED = {
+    "output_kd": {"weight": 1.0},
+    "dfkd": {"weight": 1.0, "beta": 0.5},
+    "latent_mixup": {"alpha": 0.4, "beta1": 1.0, "beta2": 1.0},
+}
 
 
 def tiny_train(**overrides) -> dict:

@@ -48,12 +48,17 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_overlay(args: argparse.Namespace) -> None:
     """Merge overlay files into params.yaml so DVC (which reads only params.yaml) sees them."""
-    from sekd.config import load_params
-    from sekd.io import write_yaml
+    from sekd.config import overlay_file
 
-    merged = load_params(args.target, *args.overlays)
-    write_yaml(args.target, merged)
+    overlay_file(args.target, args.overlays)
     print(f"{args.target}: merged {', '.join(args.overlays)} (git diff shows the change)")
+
+
+def cmd_plots_template(args: argparse.Namespace) -> None:
+    """Write the offline HTML template that ``dvc plots show`` uses (``.dvc/config``)."""
+    from sekd.dvc_plots import write_template
+
+    print(f"{write_template(args.out)}: dvc plots show renders offline with it")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -141,15 +146,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
     """Train one student with one distillation method against the frozen teacher."""
     from sekd.distill import DistillJob, run_method
     from sekd.tracking import start_run, system_tags
+    from sekd.tune import apply_tuned
 
-    cfg = _config(args)
-    tuning = None
-    if args.tuned:
-        from sekd.tune import apply_values, read_best, tuning_record
-
-        best = read_best(args.tuned)
-        cfg = apply_values(cfg, args.method, best["values"])
-        tuning = tuning_record(best)
+    cfg, tuning = apply_tuned(_config(args), args.method, args.tuned)
     job = DistillJob(
         method=args.method,
         method_cfg=cfg["distill"][args.method],
@@ -322,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("validate", cmd_validate, "validate the config and exit")
     add("summary", cmd_summary, "print where the results, models and MLflow store are")
+    p = sub.add_parser("plots-template", help="write dvc plots show's offline HTML template")
+    p.add_argument("--out", default=".dvc/plots.html")
+    p.set_defaults(func=cmd_plots_template)
     p = sub.add_parser("overlay", help="merge overlay YAML files into params.yaml (for dvc)")
     p.add_argument("overlays", nargs="+")
     p.add_argument("--target", default="params.yaml")
@@ -370,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model folder to start from (methods whose config says init: nokd)",
     )
-    p.add_argument("--tuned", default=None, help="best.yaml of a tuning study to overlay")
+    p.add_argument(
+        "--tuned",
+        default=None,
+        help="best.yaml of the method's study: the keys params mark 'tuned'",
+    )
     p = add("tune", cmd_tune, "run one Optuna worker on a method's KD-weight study")
     p.add_argument("--method", required=True)
     p.add_argument("--worker", type=int, default=0, help="worker index (seeds its sampler)")

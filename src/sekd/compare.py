@@ -23,7 +23,8 @@ from sekd.tracking import experiment_name, tracking_uri
 
 log = logging.getLogger(__name__)
 
-# Phases whose comparison includes another phase's runs: the no-KD baseline trains in `student`.
+# Phases whose comparison includes another phase's runs: the no-KD baseline's training runs are in
+# `<prefix>/distill` beside the KD students'; stores written before that keep them in `student`.
 PHASE_EXPERIMENTS = {"distill": ("student", "distill")}
 TEST = "test/"
 STATUS = "status"

@@ -7,6 +7,10 @@ must be ordered, a number marked ``x-at-most: <key>`` must not exceed its siblin
 speaker split and every test speaker's personal sets must fit the corpus, and every bound and
 choice of a ``tune.<method>.space`` must be a value the key it names accepts (a trial's config is
 the validated one with those values in).
+
+A numeric key of a KD method (``distill.<method>.<key>``) may be the word ``tuned``: its value is
+then the best of that method's Optuna study (``best.yaml``). Any number given there is used as it
+is, tuned study or not, so ``dvc exp run -S distill.output_kd.weight=3.0`` trains at 3.0.
 """
 
 from __future__ import annotations
@@ -40,9 +44,62 @@ def tuned_studies(tune_cfg: dict) -> list[str]:
     return [*methods, BASELINE] if methods else []
 
 
+# ``distill.<method>.<key>: tuned``: the value comes from the method's study (``best.yaml``).
+TUNED = "tuned"
+
+
 def schema() -> dict:
+    """The params schema, where every numeric key of a KD method also accepts ``tuned``."""
     text = resources.files("sekd").joinpath("schemas/params.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    sch = yaml.safe_load(text)
+    for method in sch["properties"]["distill"]["properties"].values():
+        for key, sub in method.get("properties", {}).items():
+            if _is_numeric(_resolve(sub, sch)):
+                marks = {k: v for k, v in sub.items() if k.startswith("x-")}  # sekd's own checks
+                method["properties"][key] = {"anyOf": [sub, {"const": TUNED}], **marks}
+    return sch
+
+
+def _is_numeric(sub: dict) -> bool:
+    kinds = sub.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    return bool({"number", "integer"} & set(kinds)) and "null" not in kinds
+
+
+def tuned_keys(cfg: dict, method: str) -> list[str]:
+    """The keys of ``distill.<method>`` whose value is ``tuned`` (taken from its study)."""
+    section = cfg.get("distill", {}).get(method)
+    return [k for k, v in section.items() if v == TUNED] if isinstance(section, dict) else []
+
+
+def searched_as_tuned(cfg: dict, method: str) -> dict:
+    """``distill.<method>`` with every key its study searches set to ``tuned``: what the study
+    depends on (each trial sets those keys itself, so a value given for one never restarts it)."""
+    section = dict(cfg.get("distill", {}).get(method, {}))
+    study = cfg.get("tune", {}).get(method)
+    for entry in study["space"] if isinstance(study, dict) else []:
+        if "." not in entry["name"] and entry["name"] in section:
+            section[entry["name"]] = TUNED
+    return section
+
+
+def _check_tuned(cfg: dict) -> list[tuple[str, str]]:
+    """A distilled method's ``tuned`` value needs the method in ``tune.methods`` and the key in its
+    space (otherwise no study gives it a value); a method not distilled is never read."""
+    tune = cfg["tune"]
+    errors = []
+    for method in cfg["distill"]["methods"]:
+        study = tune.get(method)
+        space = {e["name"] for e in study["space"]} if isinstance(study, dict) else set()
+        for key in tuned_keys(cfg, method):
+            where = f"distill.{method}.{key}"
+            if method not in tune["methods"]:
+                errors.append(
+                    (where, f"is 'tuned' but {method} is not in tune.methods: give it a number")
+                )
+            elif key not in space:
+                errors.append((where, f"is 'tuned' but tune.{method}.space does not search it"))
+    return errors
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -63,15 +120,72 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 
 def load_params(*paths: str | Path) -> dict:
-    """Read ``params.yaml`` (or the given files, later ones overlaying earlier ones) and validate."""
+    """Read ``params.yaml`` (or the given files, later ones overlaying earlier ones) and validate.
+
+    A first file that is not a whole config (it lacks a top-level section, as an overlay such as
+    ``config/paper.yaml`` does) is an overlay of ``./params.yaml``, which is then read first: so
+    ``--params config/paper.yaml --params config/study.yaml`` means what it says."""
     paths = paths or (DEFAULT_PARAMS,)
+    first = _read_mapping(paths[0])
+    if not set(schema()["required"]) <= set(first) and Path(DEFAULT_PARAMS).is_file():
+        paths = (DEFAULT_PARAMS, *paths)
     cfg: dict = {}
     for path in paths:
-        data = read_yaml(path) or {}
-        if not isinstance(data, dict):
-            raise SekdError(f"{path}: top level must be a mapping")
-        cfg = deep_merge(cfg, data)
+        cfg = deep_merge(cfg, _read_mapping(path))
     return validate_params(cfg, source=", ".join(map(str, paths)))
+
+
+def _read_mapping(path: str | Path) -> dict:
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise SekdError(f"{path}: top level must be a mapping")
+    return data
+
+
+def overlay_file(target: str | Path, overlays: list[str | Path]) -> dict:
+    """Merge ``overlays`` into the file ``target`` in place (as :func:`deep_merge`), keeping its
+    comments and key order (a round-trip YAML load), after validating the result; return it."""
+    from ruamel.yaml import YAML
+
+    from sekd.io import write_text
+
+    merged = load_params(target, *overlays)
+    rt = YAML()  # round-trip: comments stay with their keys
+    rt.width = 4096
+    rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    doc = rt.load(Path(target).read_text())
+    for path in overlays:
+        _merge_in_place(doc, _read_mapping(path))
+    from io import StringIO
+
+    text = StringIO()
+    rt.dump(doc, text)
+    write_text(target, text.getvalue())
+    return merged
+
+
+def _merge_in_place(node: dict, overlay: dict) -> None:
+    """:func:`deep_merge` on a round-trip mapping: a model given with name and conf replaces the
+    earlier one, other mappings merge key by key, other values replace."""
+    for key, value in overlay.items():
+        names_model = isinstance(value, dict) and {"name", "conf"} <= set(value)
+        old = node.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and not names_model:
+            _merge_in_place(old, value)
+        elif isinstance(value, list | dict) and getattr(old, "fa", None) and old.fa.flow_style():
+            node[key] = _flow(copy.deepcopy(value))  # [a, b] stays [a, b]
+        else:
+            node[key] = copy.deepcopy(value)
+
+
+def _flow(value: list | dict) -> Any:
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    out = CommentedSeq(value) if isinstance(value, list) else CommentedMap(value)
+    out.fa.set_flow_style()
+    return out
 
 
 def _key_of(error: jsonschema.ValidationError) -> str:
@@ -105,11 +219,15 @@ def _check_ranges(
                 continue
             where = f"{path}.{key}" if path else key
             other = sub.get("x-at-most")
-            if other in cfg and value > cfg[other]:
+            if other in cfg and _numbers(value, cfg[other]) and value > cfg[other]:
                 errors.append((where, f"{value} is greater than {other} ({cfg[other]})"))
             if "x-names-siblings" in sub:
                 errors += _unknown_siblings(value, cfg, sub["x-names-siblings"], where)
             _check_ranges(value, sub, root, where, errors)
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def _unknown_siblings(names: list, cfg: dict, marker: dict, where: str) -> list[tuple[str, str]]:
@@ -155,7 +273,7 @@ def _check_space(cfg: dict, root: dict, errors: list[tuple[str, str]]) -> None:
                         {**sub, "$defs": root["$defs"]}
                     )
                 error = next(iter(validators[top].iter_errors(trial)), None)
-                found = [(f"{top}.{_key_of(error)}", error.message)] if error is not None else []
+                found = [(f"{top}.{_key_of(error)}", _message(error))] if error is not None else []
                 _check_ranges(trial, sub, root, top, found)
                 if found:
                     errors.append((where, f"{name} = {value!r}: '{found[0][0]}': {found[0][1]}"))
@@ -222,6 +340,8 @@ def _check_corpus_fits(cfg: dict) -> list[tuple[str, str]]:
 def _message(error: jsonschema.ValidationError) -> str:
     """jsonschema's message, or for a value a ``not`` forbids, the schema's reason."""
     reason = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if error.validator == "anyOf" and error.context:  # a number or 'tuned': say the number's rule
+        return f"{error.context[0].message} (or '{TUNED}': the value of its study)"
     if error.validator == "not" and reason:
         return f"{error.instance!r} is not allowed: {reason}"
     return error.message
@@ -238,6 +358,8 @@ def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
     problems: list[tuple[str, str]] = []
     _check_ranges(cfg, sch, sch, "", problems)
     _check_space(cfg, sch, problems)
+    if not problems:
+        problems += _check_tuned(cfg)
     if not problems:
         problems += _check_corpus_fits(cfg)
     if problems:

@@ -438,7 +438,7 @@ def _p_text(p: float) -> str:
 
 def summary_text(cfg: dict) -> str:
     """Where a finished run put its results, models and tracking store, with the headline table."""
-    from sekd.tracking import tracking_uri
+    from sekd.tracking import comparison_url, tracking_uri
 
     results = Path(cfg["paths"]["results"])
     table = results / "table.md"
@@ -449,6 +449,9 @@ def summary_text(cfg: dict) -> str:
         f"{cfg['paths']['models']}/students/<method>/<seed>/",
         f"MLflow:   {tracking_uri(cfg['tracking'])}  (mlflow ui --backend-store-uri <that>)",
     ]
+    url = comparison_url(cfg["tracking"])
+    if url:
+        lines.append(f"compare:  {url}  (every student's test scores, best SI-SDR first)")
     if table.is_file():
         lines += ["", table.read_text()]
     return "\n".join(lines)

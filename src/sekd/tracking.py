@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -230,23 +231,77 @@ class Tracker(NullTracker):
 
 # The MLflow UI opens an experiment without this tag on its GenAI traces page, not on the runs.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# The comparison, saved on the experiment of every student (``<prefix>/distill``) as a view of the
+# MLflow UI's own "share view" kind: the runs table with the test metrics as columns, best
+# SI-SDR first, opened by ``comparison_url`` with no clicks.
+COMPARISON_PHASE = "distill"
+COMPARISON_VIEW = "sekd-comparison"
+COMPARISON_METRICS = (
+    "test/si_sdr",
+    "test/pesq_wb",
+    "test/stoi",
+    "test/estoi",
+    "test/csig",
+    "test/cbak",
+    "test/covl",
+    "test/dnsmos_ovrl",
+)
+LOCAL_UI = "http://127.0.0.1:5000"  # `mlflow ui`'s default address
+
+
+def comparison_view_tags() -> dict[str, str]:
+    """The experiment tag holding the comparison view (MLflow's ``mlflow.sharedViewState.<key>``:
+    the runs table's sort, filter and columns as JSON)."""
+    columns = [
+        "tags.`sekd.system`",
+        *(f"metrics.`{key}`" for key in COMPARISON_METRICS),
+        "metrics.`final/params`",
+        "metrics.`final/macs_per_second`",
+    ]
+    state = {
+        "searchFilter": "attributes.status = 'FINISHED'",
+        "orderByKey": f"metrics.`{COMPARISON_METRICS[0]}`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+    }
+    return {f"mlflow.sharedViewState.{COMPARISON_VIEW}": json.dumps(state, sort_keys=True)}
+
+
+def comparison_url(
+    tracking_cfg: Mapping[str, Any] | None = None, ui: str | None = None
+) -> str | None:
+    """The MLflow UI address of the comparison view (``ui``: the UI's base address; by default the
+    tracking server's, or ``mlflow ui``'s for a local store), or None before any student ran."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(dict(tracking_cfg or {}))
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return None
+    client = MlflowClient(tracking_uri=uri)
+    found = _retry(client.get_experiment_by_name, experiment_name(COMPARISON_PHASE, tracking_cfg))
+    if found is None:
+        return None
+    base = (ui or (LOCAL_UI if db is not None else uri)).rstrip("/")
+    return f"{base}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={COMPARISON_VIEW}"
 
 
 def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
     """Get or create experiment ``name`` (tagged ``EXPERIMENT_TAGS``, older ones too); tolerate
     another process creating it first."""
+    wanted = dict(EXPERIMENT_TAGS)
+    if name.endswith(f"/{COMPARISON_PHASE}"):
+        wanted.update(comparison_view_tags())
     found = _retry(client.get_experiment_by_name, name)
     if found is None:
         location = (artifact_root / name.replace("/", "_")).as_uri() if artifact_root else None
         try:
-            return _retry(
-                client.create_experiment, name, artifact_location=location, tags=EXPERIMENT_TAGS
-            )
+            return _retry(client.create_experiment, name, artifact_location=location, tags=wanted)
         except Exception as err:
             if "already exists" not in str(err).lower():
                 raise
             found = _retry(client.get_experiment_by_name, name)
-    for key, value in EXPERIMENT_TAGS.items():
+    for key, value in wanted.items():
         if found.tags.get(key) != value:
             _retry(client.set_experiment_tag, found.experiment_id, key, value)
     return found.experiment_id
@@ -346,9 +401,51 @@ def _open_experiment(phase: str, tracking_cfg: Mapping[str, Any] | None) -> tupl
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     with _creation_lock(db):
-        client = MlflowClient(tracking_uri=uri)  # opens (and for a new file creates) the store
         root = db.parent / "mlartifacts" if db else None
+        if db is not None and root is not None:
+            relocate_artifacts(db, root)
+        client = MlflowClient(tracking_uri=uri)  # opens (and for a new file creates) the store
         return client, _experiment_id(client, experiment_name(phase, tracking_cfg), root)
+
+
+def relocate_artifacts(db: Path, root: Path) -> int:
+    """Point a SQLite store's artifact locations at ``root`` (the ``mlartifacts`` folder beside
+    it) when they name another folder of that name; return how many experiments moved.
+
+    MLflow stores absolute artifact URIs, so a copied or moved checkout's ``mlflow.db`` would go on
+    writing into (and reading from) the original checkout. sekd keeps a checkout's artifacts
+    beside its ``mlflow.db``, so the store and ``mlartifacts/`` travel together (copy both)."""
+    if not db.is_file():
+        return 0
+    import sqlite3
+
+    here = root.as_uri()
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        if not {"experiments", "runs"} <= tables:
+            return 0
+        moved = 0
+        for (location,) in con.execute("SELECT artifact_location FROM experiments").fetchall():
+            old = _artifact_root(location or "")
+            if old is None or old == here:
+                continue
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} LIKE ?",
+                    (here, len(old) + 1, f"{old}/%"),
+                )
+            moved += 1
+    if moved:
+        log.info("%s: artifact locations moved to %s (a copied or moved checkout)", db, root)
+    return moved
+
+
+def _artifact_root(location: str) -> str | None:
+    """The ``file://.../mlartifacts`` prefix of an experiment's location, if it has one."""
+    marker = "/mlartifacts/"
+    if not location.startswith("file://") or marker not in location:
+        return None
+    return location[: location.rindex(marker) + len(marker) - 1]
 
 
 def parent_run(

@@ -37,7 +37,7 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-from sekd.config import BASELINE, deep_merge
+from sekd.config import BASELINE, deep_merge, searched_as_tuned, tuned_keys
 from sekd.errors import SekdError
 from sekd.io import atomic_path
 
@@ -254,6 +254,24 @@ def read_best(path: str | Path) -> dict:
     return doc
 
 
+def apply_tuned(cfg: dict, method: str, best_path: str | Path | None) -> tuple[dict, dict | None]:
+    """The config a method's final student trains with, and its tuning record: each key params
+    mark ``tuned`` takes its study's best value; every number params give is kept as it is, even
+    where the study searched that key (an explicit ``-S distill.<method>.weight=3.0`` wins)."""
+    keys = tuned_keys(cfg, method)
+    if not keys:
+        return cfg, None
+    where = f"distill.{method}.{keys[0]}"
+    if best_path is None:
+        raise SekdError(f"{where} is 'tuned': give --tuned <best.yaml of the {method} study>")
+    best = read_best(best_path)
+    missing = [key for key in keys if key not in best["values"]]
+    if missing:
+        raise SekdError(f"{best_path}: no tuned value for distill.{method}.{missing[0]}")
+    values = {key: best["values"][key] for key in keys}
+    return apply_values(cfg, method, values), tuning_record({**best, "values": values})
+
+
 def tuning_record(doc: dict | None) -> dict:
     """What a model's metadata says of its tuning: the values it used from a study (empty when
     none), the study and how many of its trials completed."""
@@ -275,7 +293,7 @@ def config_key(cfg: dict, method: str) -> str:
     from sekd.config import params_hash
 
     tune = {k: v for k, v in cfg["tune"].items() if k not in ("methods", "workers", "storage")}
-    method_cfg = cfg.get("distill", {}).get(method, {})  # the baseline has no distill section
+    method_cfg = searched_as_tuned(cfg, method)  # the baseline has no distill section: {}
     return params_hash({"tune": tune, "method": method_cfg, "student": cfg["student"]})[:8]
 
 

@@ -65,8 +65,7 @@ rule adapt:
         "personal"
     threads: 1
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(60),
+        **job_resources("adapt"),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"
@@ -94,8 +93,7 @@ rule evaluate_personal:
         "personal"
     threads: 1
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(30 * len(ADAPT_ROLES)),
+        **job_resources("evaluate_personal", per=len(ADAPT_ROLES)),
     conda:
         "../../envs/sekd.yaml"
     shell:

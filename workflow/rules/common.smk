@@ -7,7 +7,14 @@ from snakemake.exceptions import WorkflowError
 
 from snakemake.common.configfile import load_configfile
 
-from sekd.config import BASELINE, deep_merge, tuned_studies, validate_params
+from sekd.config import (
+    BASELINE,
+    deep_merge,
+    searched_as_tuned,
+    tuned_keys,
+    tuned_studies,
+    validate_params,
+)
 
 
 def _sekd_merged_config():
@@ -73,9 +80,9 @@ def tune_sections(method):
         "student": config["student"],
         "tune": {key: value for key, value in config["tune"].items() if key not in others},
     }
-    if method != BASELINE:
-        picked["distill"] = {
-            method: config["distill"][method],
+    if method != BASELINE:  # the keys the study searches are its own: a value given there is not
+        picked["distill"] = {  # a reason to retune (the final student takes it instead)
+            method: searched_as_tuned(config, method),
             "cache_teacher": config["distill"]["cache_teacher"],
         }
     return json.dumps(picked, sort_keys=True)
@@ -92,14 +99,23 @@ def job_cores(wanted=None):
     return min(wanted or available, available)
 
 
-def per_attempt(base):
-    """A resource (memory, runtime) that grows with each retry: a job killed for running out of
-    either gets more the next time (the SLURM profile retries twice)."""
+def job_resources(rule, per=1, cores=None):
+    """A job's cluster request, from params' `resources.<rule>` (`resources.distill_<method>` for one
+    method's students, where given): memory and runtime times the attempt (a job killed for running
+    out of either gets more on its retry; the SLURM profile retries twice) and the runtime times
+    `per` (the systems one evaluation job scores). Cores: `cores` (a config value, so `-n` shows
+    what a job will ask), else the job's threads; the profile sets GPU and synthesis jobs' own."""
 
-    def scaled(wildcards, attempt):
-        return base * attempt
+    def wanted(wildcards):
+        table = config["resources"]
+        method = getattr(wildcards, "method", None)
+        return table.get(f"{rule}_{method}", table[rule]) if method else table[rule]
 
-    return scaled
+    return {
+        "mem_mb": lambda wildcards, attempt: wanted(wildcards)["mem_mb"] * attempt,
+        "runtime": lambda wildcards, attempt: wanted(wildcards)["runtime"] * per * attempt,
+        "cpus_per_task": cores or (lambda wildcards, threads: threads),
+    }
 
 
 def student_dir(method, seed):

@@ -16,8 +16,7 @@ rule corpus:
         "logs/benchmarks/corpus.tsv"
     threads: job_cores()
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(60),
+        **job_resources("corpus"),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -37,8 +36,7 @@ rule noise:
         "logs/benchmarks/noise.tsv"
     threads: job_cores()
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(30),
+        **job_resources("noise"),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -70,8 +68,7 @@ rule synth:
     threads: job_cores()
     priority: PRIORITY["synth"]
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(120),
+        **job_resources("synth"),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -94,8 +91,7 @@ checkpoint synth_personal:
     threads: job_cores()
     priority: PRIORITY["synth"]
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(60),
+        **job_resources("synth_personal"),
     conda:
         "../../envs/sekd.yaml"
     shell:

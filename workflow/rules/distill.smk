@@ -35,8 +35,7 @@ rule distill:
     threads: 1
     priority: PRIORITY["distill"]
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(720),
+        **job_resources("distill"),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"

@@ -28,8 +28,7 @@ rule evaluate:
         "logs/benchmarks/evaluate/{method}.tsv"
     threads: job_cores(config["evaluate"]["threads"])
     resources:
-        mem_mb=per_attempt(8000),  # one system's estimates at a time
-        runtime=per_attempt(60 * len(DISTILL_SEEDS)),
+        **job_resources("evaluate", per=len(DISTILL_SEEDS), cores=config["evaluate"]["threads"]),
     conda:
         "../../envs/sekd.yaml"
     shell:
@@ -48,8 +47,7 @@ use rule evaluate as evaluate_nokd with:
     benchmark:
         "logs/benchmarks/evaluate/nokd.tsv"
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(60 * len(STUDENT_SEEDS)),
+        **job_resources("evaluate", per=len(STUDENT_SEEDS), cores=config["evaluate"]["threads"]),
 
 
 use rule evaluate as evaluate_reference with:
@@ -63,8 +61,7 @@ use rule evaluate as evaluate_reference with:
     benchmark:
         "logs/benchmarks/evaluate/reference.tsv"
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(60 * 2),
+        **job_resources("evaluate", per=2, cores=config["evaluate"]["threads"]),
 
 
 rule comparison_table:

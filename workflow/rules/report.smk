@@ -18,8 +18,7 @@ rule report:
         "logs/benchmarks/report.tsv"
     threads: 1
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(30),
+        **job_resources("report"),
     conda:
         "../../envs/sekd.yaml"
     shell:

@@ -20,8 +20,7 @@ rule train_student_nokd:
     threads: 1
     priority: PRIORITY["nokd"]
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(360),
+        **job_resources("train_student_nokd"),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"
@@ -29,4 +28,4 @@ rule train_student_nokd:
         "SEKD_RULE={rule} sekd train --config {params.cfg:q} --role student"
         " --seed {wildcards.seed} --train {input.train}/manifest.csv --valid {input.valid}/manifest.csv"
         " --out {output} --checkpoints {params.checkpoints} --threads {threads}"
-        " --tuned {input.tuned} --phase student --run-name student/nokd/seed{wildcards.seed} 2> {log}"
+        " --tuned {input.tuned} --phase distill --run-name distill/nokd/seed{wildcards.seed} 2> {log}"

@@ -19,8 +19,7 @@ rule train_teacher:
     threads: 1
     priority: PRIORITY["teacher"]
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(720),
+        **job_resources("train_teacher"),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"

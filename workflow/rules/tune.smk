@@ -26,8 +26,9 @@ def study_inputs(wildcards):
 
 
 def tuned_values(wildcards):
-    """A tuned method's distillation also needs its study's best values."""
-    if wildcards.method in TUNE_METHODS:
+    """A method whose params mark a key `tuned` takes that key's value from its study's best.yaml;
+    the keys params give a number keep it (and then the student does not wait for the study)."""
+    if tuned_keys(config, wildcards.method):
         return {"tuned": f"{RESULTS}/tune/{wildcards.method}/best.yaml"}
     return {}
 
@@ -51,8 +52,7 @@ rule tune_worker:
     threads: 1
     priority: tune_priority
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(720),
+        **job_resources("tune_worker"),
         gpu=1,
     conda:
         "../../envs/sekd.yaml"

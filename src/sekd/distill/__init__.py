@@ -114,8 +114,17 @@ def train_loss_method(job: DistillJob, tracker: Any) -> dict:
         tracker=tracker,
         loss_fn=build_distiller(job.method, teacher, job.method_cfg, job.cache_teacher),
         extra_hash=identity,
-        metadata={"tuning": job.tuning} if job.tuning else None,
+        metadata=method_record(job),
     )
+
+
+def method_record(job: DistillJob) -> dict:
+    """What a student's ``model.yaml`` keeps of its training: the method's settings as used (loss
+    weights after tuning) and, when a study gave any of them, its tuning record."""
+    record: dict = {"method": {job.method: job.method_cfg}}
+    if job.tuning:
+        record["tuning"] = job.tuning
+    return record
 
 
 def run_method(job: DistillJob, tracker: Any) -> dict:

@@ -668,7 +668,9 @@ def train_okd(
     tracker.log_params(
         {
             "model": trainer.model_cfg,
-            trainer.method: trainer.cfg,
+            # the trainer's canonical config (defaults filled in) under the run's own
+            # `distill.<method>.*` keys: one key per param, the same values where both have one
+            "distill": {trainer.method: trainer.cfg},
             "threads": threads,
             "workers": workers,
             "seed": seed,
