@@ -1,7 +1,7 @@
 # sekd workflow: params.yaml drives every rule; `--configfile config/paper.yaml` overlays paper scale.
 # Rules are thin: each calls one `sekd` command with only the config sections it reads.
-
-configfile: "params.yaml"
+# params.yaml is read by sekd's plain-YAML loader in common.smk, not by a `configfile:` directive:
+# Snakemake's loader runs the ?expressions of a file marked `__use_yte__: true` as Python.
 
 
 include: "workflow/rules/common.smk"

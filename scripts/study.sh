@@ -19,6 +19,8 @@ fi
 for overlay in "${overlays[@]}"; do
   [ -f "$overlay" ] || { echo "study.sh: $overlay not found (SEKD_STUDY_PART=$part)" >&2; exit 2; }
 done
+# sekd's plain-YAML check first: Snakemake's own loader would run a `__use_yte__` file's code.
+sekd validate "${overlays[@]/#/--params=}" > /dev/null
 machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "$(date -u +%FT%TZ) start ${part:-main} $(git rev-parse --short HEAD), -c$cores on $machine" >> study/runs.log
 start=$(date +%s)

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow_server import free_port, start_server, stop_server
 from repo_copy import BIN, copy_repo, tiny_overlay
 from tiny import UNTUNED
 
@@ -87,44 +86,16 @@ def render(chromium: str, url: str, tmp_path: Path) -> str:
     return proc.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on loopback in its lean form (one worker, job execution off)."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [
-        str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    log = open(root / "server.log", "w")  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    port = free_port()
+    server = start_server(root, port)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (
-                root / "server.log"
-            ).read_text()
-            time.sleep(0.5)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")

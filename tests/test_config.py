@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny import paper_corpora
 
 from sekd.config import deep_merge, load_params, params_hash, validate_params, validate_sections
 from sekd.errors import SekdError
@@ -172,8 +174,12 @@ def test_a_valid_tuning_space_passes(params: dict) -> None:
     assert validate_params(cfg) is cfg
 
 
-def test_paper_overlay_is_valid_and_changes_scale(params: dict) -> None:
-    paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
+def test_paper_overlay_is_valid_and_changes_scale(params: dict, tmp_path: Path) -> None:
+    with pytest.raises(SekdError, match=r"'corpus.folder.root': /corpora/\S+: folder not found"):
+        load_params(REPO / "params.yaml", REPO / "config/paper.yaml")  # no corpus here
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(yaml.safe_dump(paper_corpora(tmp_path)))
+    paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml", corpora)
     assert paper["teacher"]["model"]["conf"]["hidden"] == 1024
     assert paper["teacher"]["model"]["conf"]["layers"] == 3
     assert paper["corpus"]["source"] == "folder"
@@ -216,7 +222,59 @@ def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode != 0
-    assert "invalid key 'synth.rt60': low 0.8 > high 0.3" in proc.stdout + proc.stderr
+    line = 2  # yaml.safe_dump writes `synth:` then `  rt60:`
+    expected = f"{overlay}:{line}: invalid key 'synth.rt60': low 0.8 > high 0.3"
+    assert expected in proc.stdout + proc.stderr
+
+
+def _params_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = (REPO / "params.yaml").read_text()
+    assert old in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    lr: 2.0e-3", "    lr: 2e-3", r"invalid key 'student.train.lr': '2e-3' is not of type"
+         r" 'number' \(YAML 1.1 reads 2e-3 as text: .* e.g. 2.0e-3\)"),
+        ("  examples: 3 ", "  examples: 3\n  examples: 4 ", r"invalid YAML: duplicate key 'examples'"
+         r" \(first given at line \d+\)"),
+        ("  examples: 3 ", "  examples: -1 ", r"invalid key 'evaluate.examples': -1 is less than"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_the_file_and_line(tmp_path: Path, old, new, message) -> None:
+    """A schema error, a duplicate key and a YAML 1.1 number each name the file and the line."""
+    path = _params_with(tmp_path, old, new)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if new.split("\n")[-1]
+                .strip() in text)  # fmt: skip
+    with pytest.raises(SekdError, match=rf"^{re.escape(str(path))}:{line}: {message}"):
+        load_params(path)
+
+
+def test_no_config_file_runs_code(tmp_path: Path) -> None:
+    """A params file marked `__use_yte__` (Snakemake's loader would run its ?expressions as
+    Python): sekd validate and the workflow on params.yaml (what `dvc repro` runs) refuse it,
+    naming the file, and its code never runs."""
+    marker = tmp_path / "ran"
+    evil = f'__use_yte__: true\nx: ?__import__("pathlib").Path("{marker}").touch()\n'
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Snakefile", "workflow", "params.yaml"):
+        target = repo / name
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, target, symlinks=True)
+        else:
+            target.write_text((REPO / name).read_text())
+    (repo / "params.yaml").write_text(evil + (REPO / "params.yaml").read_text())
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for cmd in (["sekd", "validate"], ["snakemake", "-n", "-c1"]):
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+        assert proc.returncode != 0, cmd
+        assert "params.yaml: '__use_yte__' asks Snakemake to run" in proc.stdout + proc.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -260,7 +318,9 @@ def test_paper_overlay_personal_counts_are_checked_against_the_corpus(tmp_path: 
     split = {"train": 3, "valid": 1, "test": 1, "babble": 1, "seed": 0}
     overlay = tmp_path / "here.yaml"
     personal = {"synth": {"personal": {"adapt": 120, "test": 60}}}
-    here = {"corpus": {"folder": {"root": str(root)}}, "split": split, **personal}
+    (tmp_path / "noise").mkdir()
+    noise = {"noise": {"folder": {"root": str(tmp_path / "noise")}}}
+    here = {"corpus": {"folder": {"root": str(root)}}, "split": split, **personal, **noise}
     overlay.write_text(yaml.safe_dump(here))
     files = [REPO / "params.yaml", REPO / "config/paper.yaml", overlay]
     paper = [REPO / "params.yaml", REPO / "config/paper.yaml", tmp_path / "paper_only.yaml"]
@@ -337,7 +397,8 @@ def test_overlays_may_come_without_params_yaml_and_in_any_number(
     """`sekd validate --params A --params B` merges both over ./params.yaml (a first file that is
     not a whole config is an overlay); the last wins."""
     second = tmp_path / "second.yaml"
-    second.write_text(yaml.safe_dump({"teacher": {"model": {"conf": {"hidden": 640}}}}))
+    hidden = {"teacher": {"model": {"conf": {"hidden": 640}}}}
+    second.write_text(yaml.safe_dump({**hidden, **paper_corpora(tmp_path)}))
     cmd = [str(BIN / "sekd"), "validate", "--params", "config/paper.yaml", "--params", str(second)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "config OK" in proc.stdout, proc.stderr
@@ -351,11 +412,14 @@ def test_overlays_may_come_without_params_yaml_and_in_any_number(
 def test_sekd_overlay_keeps_params_yaml_comments(tmp_path: Path) -> None:
     target = tmp_path / "params.yaml"
     target.write_text((REPO / "params.yaml").read_text())
-    cmd = [str(BIN / "sekd"), "overlay", "--target", str(target), str(REPO / "config/paper.yaml")]
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(yaml.safe_dump(paper_corpora(tmp_path)))
+    overlays = [str(REPO / "config/paper.yaml"), str(corpora)]
+    cmd = [str(BIN / "sekd"), "overlay", "--target", str(target), *overlays]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     text = target.read_text()
-    assert yaml.safe_load(text) == load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
+    assert yaml.safe_load(text) == load_params(REPO / "params.yaml", *overlays)
     comments = [line for line in (REPO / "params.yaml").read_text().splitlines() if "#" in line]
     kept = [line.split("#", 1)[1] for line in comments if line.split("#", 1)[1] in text]
     assert len(kept) == len(comments)  # every comment is still there

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from repo_copy import copy_repo, run, tiny_overlay
-from tiny import UNTUNED
+from tiny import UNTUNED, paper_corpora
 
 from sekd.config import deep_merge, load_params, validate_params
 from sekd.distill import build_distiller
@@ -31,8 +31,10 @@ def setting_params(*middle: str) -> dict:
 
 
 @pytest.mark.parametrize("middle", [(), ("config/paper.yaml",)])
-def test_overlay_validates_as_a_convtasnet_pair(middle):
-    cfg = setting_params(*middle)
+def test_overlay_validates_as_a_convtasnet_pair(middle, tmp_path):
+    corpora = tmp_path / "corpora.yaml"  # the paper's corpus folders, as empty stand-ins
+    corpora.write_text(yaml.safe_dump(paper_corpora(tmp_path)))
+    cfg = setting_params(*middle, *([corpora] if middle else []))
     setting = yaml.safe_load(SETTING.read_text())
     assert cfg["distill"]["methods"] == ["output_kd", "dfkd"]
     assert cfg["tune"]["methods"] == ["output_kd", "dfkd"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from repo_copy import BIN, REPO, copy_repo, run, tiny_overlay
-from tiny import UNTUNED
+from tiny import UNTUNED, paper_corpora
 
 from sekd.config import deep_merge, load_params
 
@@ -199,9 +199,11 @@ def fake_personal_checkpoint(repo: Path, speakers: list[str]) -> None:
 def test_paper_plan_asks_every_gpu_rule_for_a_gpu(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path / "repo", {})
     fake_personal_checkpoint(repo, ["s01", "s02"])
+    corpora = tmp_path / "corpora.yaml"  # the paper's corpus folders, as empty stand-ins
+    corpora.write_text(yaml.safe_dump(paper_corpora(tmp_path / "corpora")))
+    overlays = ["config/paper.yaml", str(corpora)]
     plan = run(
-        ["snakemake", "--profile", "slurm", "-n", "--configfile", "config/paper.yaml"],
-        cwd=repo,
+        ["snakemake", "--profile", "slurm", "-n", "--configfile", *overlays], cwd=repo
     ).stdout
     jobs = re.findall(r"^ *(?:rule|checkpoint) (\w+):\n(.*?)(?=^ *\[|\Z)", plan, re.S | re.M)
     rules = {name for name, _ in jobs}
@@ -217,7 +219,7 @@ def test_paper_plan_asks_every_gpu_rule_for_a_gpu(tmp_path: Path) -> None:
             partition = "gpu" if name == "evaluate_personal" else "cpu"  # grouped with adapt
             assert "gpu" not in res and res["slurm_partition"] == partition, (name, res)
     # each job asks what the paper overlay's resources section gives its rule, not the demo's
-    paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml")
+    paper = load_params(REPO / "params.yaml", REPO / "config/paper.yaml", corpora)
     wanted, site = (
         paper["resources"],
         yaml.safe_load((REPO / "profiles/slurm/site.yaml").read_text()),

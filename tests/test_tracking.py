@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from test_train import MODEL, TRAIN
@@ -263,3 +265,84 @@ def test_a_copied_checkout_writes_its_artifacts_into_its_own_folder(clean_env, t
         uri = client.get_run(run_id).info.artifact_uri
         assert uri.startswith((copy / "mlartifacts").as_uri() + "/"), uri
         assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
+
+
+OUTAGE_JOB = """
+import sys
+from sekd.engine import train_model
+from sekd.tracking import start_run
+from test_train import MODEL, TRAIN
+uri, train, valid, out, ckpt = sys.argv[1:6]
+with start_run("teacher", "gru", {}, {}, {"uri": uri, "experiment_prefix": "t"}) as tracker:
+    train_model(MODEL, {**TRAIN, "epochs": 60, "patience": 60}, train, valid, out, ckpt,
+                run_name="gru", phase="teacher", tracker=tracker)
+    print(tracker.run_id, flush=True)
+"""
+
+
+def test_a_tracking_outage_mid_job_costs_no_epoch_and_catches_up(clean_env, tmp_path):
+    """The tracking server dies after the job's first epoch: the job trains on, says so once,
+    writes every epoch and its model; when a server answers again (the same store), the
+    buffered calls reach it and the run ends FINISHED with every epoch's metrics."""
+    from mlflow import MlflowClient
+    from mlflow_server import free_port, start_server, stop_server
+
+    from sekd.engine import STOP_ENV
+
+    train = write_set(tmp_path / "data", "train", [0.6] * 6, seed=0)
+    valid = write_set(tmp_path / "data", "valid", [0.5, 0.6], seed=1)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    env = {**os.environ, STOP_ENV: "2:1", "SEKD_TRACKING_RECHECK_SECONDS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    args = [uri, train, valid, tmp_path / "out", tmp_path / "ckpt"]
+    job = subprocess.Popen(
+        [sys.executable, "-c", OUTAGE_JOB, *map(str, args)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: _state(job.pid) == "T", job, "the stop in epoch 2")  # epoch 1 logged
+        stop_server(server)  # the outage
+        os.kill(job.pid, signal.SIGCONT)
+        wait_for(lambda: any("stopped answering" in line for line in lines), job, "the warning")
+        os.kill(job.pid, signal.SIGSTOP)  # hold the job while a server starts on the same store
+        server = start_server(tmp_path, port)
+        os.kill(job.pid, signal.SIGCONT)
+        job.wait(timeout=600)
+        out = job.stdout.read()
+    finally:
+        if job.poll() is None:
+            job.kill()
+        stop_server(server)
+    reader.join(timeout=10)
+    text = "".join(lines)
+    assert job.returncode == 0, text[-3000:]
+    assert text.count("stopped answering") == 1 and text.count("answers again after") == 1, text
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    history = (tmp_path / "out" / "history.csv").read_text().splitlines()
+    client = MlflowClient(uri)
+    server = start_server(tmp_path, port)
+    try:
+        run = client.get_run(out.split()[0])
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid/si_sdr"))
+    finally:
+        stop_server(server)
+    assert run.info.status == "FINISHED"
+    assert steps == list(range(1, len(history)))  # every epoch, those of the outage too
+
+
+def _state(pid: int) -> str:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2]
+
+
+def wait_for(condition, job: subprocess.Popen, what: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert job.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {seconds} s"
+        time.sleep(0.05)

@@ -162,6 +162,50 @@ def test_dvc_plots_render_training_curves_and_the_comparison(dvc_run: Path) -> N
     assert {"noisy", "teacher", "nokd", "output_kd", "dfkd"} <= systems
 
 
+GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "t"), ("EMAIL", "t@t"))}  # fmt: skip
+
+
+def test_a_clone_pulled_from_a_dvc_remote_is_up_to_date_for_both_tools(
+    dvc_run: Path, tmp_path: Path
+) -> None:
+    """Share through a DVC remote as the README says (commit dvc.lock and DVC's .gitignore files,
+    push), then git clone + dvc pull: DVC is up to date, and after the one documented command
+    (`sekd sync`) Snakemake plans nothing; nothing was recomputed."""
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], cwd=dvc_run)
+    run(["git", "add", "-A"], cwd=dvc_run)
+    run(["git", "commit", "-qm", "results"], cwd=dvc_run, env=GIT_IDENTITY)
+    run(["dvc", "push"], cwd=dvc_run)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(dvc_run), str(clone)], cwd=tmp_path)
+    run(["dvc", "pull"], cwd=clone)
+    assert json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout) == {}
+    for folder in ("data/mixtures/train", "data/personal", "models/students/nokd", "results/eval"):
+        assert (clone / folder).is_dir(), f"{folder} did not travel"
+    before = planned_jobs(clone)
+    assert before, "a fresh clone has no Snakemake metadata: expected it to plan jobs"
+    assert "DVC and Snakemake agree" in run(["sekd", "sync"], cwd=clone).stdout
+    assert planned_jobs(clone) == {}
+    assert json.loads(run(["dvc", "status", "--json"], cwd=clone).stdout) == {}
+    logs = [p for p in (clone / "logs").rglob("*") if p.is_file()]
+    assert logs and all(p.stat().st_size == 0 for p in logs)  # touched (empty logs), never run
+
+
+def test_after_switching_params_back_both_tools_agree(dvc_run: Path) -> None:
+    """A change, its repro, then back (git checkout + dvc checkout): DVC is up to date and, after
+    `sekd sync`, so is Snakemake (which recorded the other params when it last ran)."""
+    original = (dvc_run / "params.yaml").read_text()
+    change_params(dvc_run, lambda p: p["evaluate"].update(examples=2))
+    run(["dvc", "repro"], cwd=dvc_run)
+    (dvc_run / "params.yaml").write_text(original)
+    run(["git", "checkout", "--", "."], cwd=dvc_run)
+    run(["dvc", "checkout", "--force"], cwd=dvc_run)
+    assert json.loads(run(["dvc", "status", "--json"], cwd=dvc_run).stdout) == {}
+    run(["sekd", "sync"], cwd=dvc_run)
+    assert planned_jobs(dvc_run) == {}
+
+
 def test_an_explicit_weight_wins_and_retrains_only_its_method(dvc_run: Path) -> None:
     """`dvc exp run -S` on a tuned method's weight: that student trains at the given value (not
     its study's best), and no other model is retrained or rescored. Last: it changes the checkout."""
@@ -170,9 +214,7 @@ def test_an_explicit_weight_wins_and_retrains_only_its_method(dvc_run: Path) -> 
     scores = {p: p.stat().st_mtime_ns for p in (dvc_run / "results/eval").rglob("*") if p.is_file()}
     tuned = yaml.safe_load((dvc_run / "results/tune/output_kd/best.yaml").read_text())["values"]
     assert tuned["weight"] != 3.0
-    git_identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-                    for what, value in (("NAME", "t"), ("EMAIL", "t@t"))}  # fmt: skip
-    run(["dvc", "exp", "run", "-S", "distill.output_kd.weight=3.0"], cwd=dvc_run, env=git_identity)
+    run(["dvc", "exp", "run", "-S", "distill.output_kd.weight=3.0"], cwd=dvc_run, env=GIT_IDENTITY)
 
     spec = yaml.safe_load((students / "output_kd/0/model.yaml").read_text())
     assert spec["extra"]["method"]["output_kd"]["weight"] == 3.0

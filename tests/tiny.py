@@ -64,3 +64,20 @@ def write_set(root, name: str, seconds: list[float], seed: int, target: bool = T
 def write_tiny_set(root, name: str, count: int, seconds: float, seed: int):
     """``count`` utterances of ``seconds`` each (see :func:`write_set`)."""
     return write_set(root, name, [seconds] * count, seed)
+
+
+def paper_corpora(root) -> dict:
+    """Empty stand-ins for config/paper.yaml's corpus and noise folders, and the overlay that points
+    at them: validation lists files (no audio is read) and refuses a folder that does not exist.
+    240 speakers (the paper split) x 40 utterances (its corpus.folder.min_utterances)."""
+    from pathlib import Path
+
+    speech, noise = Path(root) / "LibriSpeech", Path(root) / "noise"
+    for speaker in range(1000, 1240):
+        folder = speech / str(speaker) / "1"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(40):
+            (folder / f"{speaker}-1-{index:04d}.flac").touch()
+    noise.mkdir(parents=True, exist_ok=True)
+    (noise / "noise.wav").touch()
+    return {"corpus": {"folder": {"root": str(speech)}}, "noise": {"folder": {"root": str(noise)}}}

@@ -61,6 +61,16 @@ def cmd_plots_template(args: argparse.Namespace) -> None:
     print(f"{write_template(args.out)}: dvc plots show renders offline with it")
 
 
+def cmd_sync(args: argparse.Namespace) -> None:
+    """After ``dvc pull``/``dvc checkout``: make Snakemake's view agree with DVC's."""
+    from sekd.sync import sync
+
+    left = sync(Path(args.repo))
+    if left:
+        raise SekdError(f"snakemake -n still plans {left} jobs after touching (see snakemake -n)")
+    print("DVC and Snakemake agree: nothing to run")
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     """Say where the results, models and MLflow store of a finished run are."""
     from sekd.results import summary_text
@@ -321,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("validate", cmd_validate, "validate the config and exit")
     add("summary", cmd_summary, "print where the results, models and MLflow store are")
+    p = sub.add_parser("sync", help="after dvc pull/checkout: mark Snakemake's outputs up to date")
+    p.add_argument("--repo", default=".")
+    p.set_defaults(func=cmd_sync)
     p = sub.add_parser("plots-template", help="write dvc plots show's offline HTML template")
     p.add_argument("--out", default=".dvc/plots.html")
     p.set_defaults(func=cmd_plots_template)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -126,19 +127,31 @@ def load_params(*paths: str | Path) -> dict:
     ``config/paper.yaml`` does) is an overlay of ``./params.yaml``, which is then read first: so
     ``--params config/paper.yaml --params config/study.yaml`` means what it says."""
     paths = paths or (DEFAULT_PARAMS,)
-    first = _read_mapping(paths[0])
+    first = read_config_file(paths[0])
     if not set(schema()["required"]) <= set(first) and Path(DEFAULT_PARAMS).is_file():
         paths = (DEFAULT_PARAMS, *paths)
     cfg: dict = {}
     for path in paths:
-        cfg = deep_merge(cfg, _read_mapping(path))
-    return validate_params(cfg, source=", ".join(map(str, paths)))
+        cfg = deep_merge(cfg, read_config_file(path))
+    return validate_params(cfg, source=", ".join(map(str, paths)), files=paths)
 
 
-def _read_mapping(path: str | Path) -> dict:
+# Snakemake's own config loader runs the ``?expr`` values of a file that sets this key as Python
+# (YTE templating). sekd reads config files as plain YAML, and refuses the key so that a file meant
+# for that loader is never taken for data.
+YTE_KEY = "__use_yte__"
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A params file or overlay, as plain safe YAML (duplicate keys refused, file and line named)."""
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise SekdError(f"{path}: top level must be a mapping")
+    if YTE_KEY in data:
+        raise SekdError(
+            f"{path}: '{YTE_KEY}' asks Snakemake to run this file's ?expressions as Python; "
+            "sekd config files are plain YAML (README: Configuration)"
+        )
     return data
 
 
@@ -157,7 +170,7 @@ def overlay_file(target: str | Path, overlays: list[str | Path]) -> dict:
     )
     doc = rt.load(Path(target).read_text())
     for path in overlays:
-        _merge_in_place(doc, _read_mapping(path))
+        _merge_in_place(doc, read_config_file(path))
     from io import StringIO
 
     text = StringIO()
@@ -285,9 +298,12 @@ def _check_corpus_fits(cfg: dict) -> list[tuple[str, str]]:
     ``synth.personal`` adapt + test utterances (drawn without repeats from that speaker's own).
 
     The demo corpus is checked from its config; a folder corpus by listing its files, named and
-    filtered as ``sekd corpus`` will (no audio is read), when its root exists (issue 19 wants a
-    missing root to fail here too).
+    filtered as ``sekd corpus`` will (no audio is read). A corpus or noise folder that does not
+    exist stops here, before anything is planned.
     """
+    missing = _missing_folders(cfg)
+    if missing:
+        return missing
     corpus, split, personal = cfg["corpus"], cfg["split"], cfg["synth"]["personal"]
     needed = sum(split[k] for k in ("train", "valid", "test", "babble"))
     need = personal["adapt"] + personal["test"]
@@ -306,7 +322,7 @@ def _check_corpus_fits(cfg: dict) -> list[tuple[str, str]]:
             ]
         return []
     root = corpus["folder"]["root"]
-    if corpus["source"] != "folder" or not root or not Path(root).expanduser().is_dir():
+    if corpus["source"] != "folder":
         return []
     from sekd.data.corpus import assign_speakers, folder_utterance_counts
 
@@ -337,18 +353,98 @@ def _check_corpus_fits(cfg: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _missing_folders(cfg: dict) -> list[tuple[str, str]]:
+    """``corpus.folder.root`` / ``noise.folder.root`` of a folder source that is not a folder."""
+    for section in ("corpus", "noise"):
+        if cfg[section]["source"] != "folder":
+            continue
+        root = cfg[section]["folder"]["root"]
+        if not root:
+            return [(f"{section}.folder.root", f"{section}.source is folder but no root is given")]
+        if not Path(root).expanduser().is_dir():
+            return [(f"{section}.folder.root", f"{root}: folder not found")]
+    return []
+
+
+def _yaml11_number(value: Any) -> bool:
+    """A string Python reads as a number: PyYAML (YAML 1.1) leaves ``2e-3`` and ``1E5`` as text."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _yaml11_fix(text: str) -> str:
+    mantissa, _, exponent = text.lower().partition("e")
+    if exponent and "." not in mantissa:
+        return f"{mantissa}.0e{exponent}"
+    return text
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     """jsonschema's message, or for a value a ``not`` forbids, the schema's reason."""
     reason = error.schema.get("description") if isinstance(error.schema, dict) else None
     if error.validator == "anyOf" and error.context:  # a number or 'tuned': say the number's rule
-        return f"{error.context[0].message} (or '{TUNED}': the value of its study)"
+        return f"{_message(error.context[0])} (or '{TUNED}': the value of its study)"
+    if error.validator == "type" and _yaml11_number(error.instance):
+        return (
+            f"{error.message} (YAML 1.1 reads {error.instance} as text: a float needs a dot in "
+            f"its mantissa, e.g. {_yaml11_fix(error.instance)})"
+        )
     if error.validator == "not" and reason:
         return f"{error.instance!r} is not allowed: {reason}"
     return error.message
 
 
-def validate_params(cfg: dict, source: str = DEFAULT_PARAMS) -> dict:
-    """Validate ``cfg`` in place of a run; raise a one-line :class:`SekdError` naming the key."""
+def validate_params(
+    cfg: dict, source: str = DEFAULT_PARAMS, files: Sequence[str | Path] = ()
+) -> dict:
+    """Validate ``cfg`` in place of a run; raise a one-line :class:`SekdError` naming the key and,
+    when ``files`` (those merged into ``cfg``, in order) give it, the file and line that set it."""
+    try:
+        return _validate(cfg, source)
+    except SekdError as err:
+        key = str(err).split("invalid key '", 1)[-1].split("'", 1)[0]
+        where = _key_line(key, files) if "invalid key '" in str(err) else None
+        if where is None:
+            raise
+        raise SekdError(f"{where}: {str(err).removeprefix(f'{source}: ')}") from None
+
+
+def _key_line(key: str, files: Sequence[str | Path]) -> str | None:
+    """``file:line`` of the last of ``files`` that sets ``key`` (dotted; list items by index), or
+    of the nearest enclosing key it sets."""
+    found = None
+    for path in files:
+        try:
+            node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+        except (OSError, yaml.YAMLError):
+            continue
+        line = None
+        for part in key.split("."):
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if k.value == part]
+                if not match:
+                    break
+                line, node = match[-1][0].start_mark.line, match[-1][1]
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and part.isdigit()
+                and int(part) < len(node.value)
+            ):
+                node = node.value[int(part)]
+                line = node.start_mark.line
+            else:
+                break
+        if line is not None:
+            found = f"{path}:{line + 1}"
+    return found
+
+
+def _validate(cfg: dict, source: str) -> dict:
     sch = schema()
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))

@@ -78,12 +78,37 @@ def write_yaml(path: str | Path, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build objects or run code) that refuses a key given twice
+    in one mapping; PyYAML keeps the last one without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given at line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> Any:
+    """A YAML file, safely; a syntax error or a duplicate key names the file and line."""
     path = Path(path)
     if not path.is_file():
         raise SekdError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=StrictLoader)  # noqa: S506 (a safe loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = " ".join(str(part) for part in (err.context, err.problem) if part)
+        raise SekdError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as err:
         raise SekdError(f"{path}: invalid YAML: {err}") from None
 

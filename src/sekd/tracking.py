@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -181,18 +182,100 @@ def system_tags(method: str, seed: int | None = None) -> dict[str, str]:
     }
 
 
+# A tracking server that stops answering mid-job must not stall training: one quick attempt per
+# call (MLflow's own default retries a dead server for minutes), then calls wait in a buffer while
+# training goes on, and a cheap health check every RECHECK_ENV seconds sends them when it is back.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+RECHECK_ENV = "SEKD_TRACKING_RECHECK_SECONDS"
+OUTAGE = ("API request to", "Max retries exceeded", "Connection refused", "ConnectionError",
+          "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
+
+
+def _is_outage(err: Exception) -> bool:
+    return any(text in str(err) for text in OUTAGE)
+
+
 class Tracker(NullTracker):
-    """One MLflow run, written through an explicit client."""
+    """One MLflow run, written through an explicit client; a server outage mid-run pauses
+    tracking (calls buffered, one warning) instead of the job."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client, self.run_id = client, run_id
+        self.pending: list[tuple[Callable[..., Any], tuple, dict]] = []
+        self.down_since: float | None = None
+        self.last_check = 0.0
+
+    def _send(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Make one store call, or keep it for later while the server is down."""
+        self.pending.append((call, args, kwargs))
+        if self.down_since is not None and not self._back():
+            return
+        while self.pending:
+            call, args, kwargs = self.pending[0]
+            try:
+                _retry(call, *args, **kwargs)
+            except Exception as err:
+                if not _is_outage(err):
+                    self.pending.pop(0)
+                    raise
+                if self.down_since is None:
+                    self.down_since = self.last_check = time.monotonic()
+                    log.warning(
+                        "MLflow tracking server stopped answering (%s); training goes on, "
+                        "tracking calls wait and are sent when it is back",
+                        str(err).splitlines()[0][:200],
+                    )
+                return
+            self.pending.pop(0)
+        if self.down_since is not None:
+            log.warning(
+                "MLflow tracking server answers again after %.0f s; buffered calls sent",
+                time.monotonic() - self.down_since,
+            )
+            self.down_since = None
+
+    def _back(self) -> bool:
+        """Whether a down server answers a health check (at most every RECHECK_ENV seconds)."""
+        every = float(os.environ.get(RECHECK_ENV, "30"))
+        if time.monotonic() - self.last_check < every:
+            return False
+        self.last_check = time.monotonic()
+        try:
+            check_server(self.client.tracking_uri, timeout=2.0)
+        except SekdError:
+            return False
+        return True
+
+    def close(self, status: str) -> None:
+        """End the run; if the server is still down, say what was not delivered, never raise
+        (the job's own outputs are written: failing it now would only make Snakemake delete
+        them)."""
+        self.last_check = 0.0
+        try:
+            self._send(self.client.set_terminated, self.run_id, status=status)
+        except Exception as err:  # a store error at the very end costs the record, not the job
+            log.warning("MLflow: could not end run %s (%s)", self.run_id, err)
+            return
+        if self.pending:
+            log.warning(
+                "MLflow server down since %.0f s: %d tracking calls of run %s not delivered (the "
+                "run stays RUNNING; the next run of this job ends it); the model folder holds "
+                "its history and metrics",
+                time.monotonic() - (self.down_since or time.monotonic()),
+                len(self.pending),
+                self.run_id,
+            )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in flatten(params).items()]
         for start in range(0, len(items), BATCH):
-            _retry(self.client.log_batch, self.run_id, params=items[start : start + BATCH])
+            self._send(self.client.log_batch, self.run_id, params=items[start : start + BATCH])
 
     def log_metrics(
         self, metrics: Mapping[str, float], step: int | None = None, group: str | None = None
@@ -204,29 +287,31 @@ class Tracker(NullTracker):
         items = [
             Metric(metric_key(k, group), float(v), stamp, step or 0) for k, v in metrics.items()
         ]
-        _retry(self.client.log_batch, self.run_id, metrics=items)
+        self._send(self.client.log_batch, self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         for start in range(0, len(items), BATCH):
-            _retry(self.client.log_batch, self.run_id, tags=items[start : start + BATCH])
+            self._send(self.client.log_batch, self.run_id, tags=items[start : start + BATCH])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._send(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_audio(self, name: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
         """Log ``audio`` as ``audio/<name>.wav`` (the MLflow UI plays WAV artifacts)."""
         name = name.removesuffix(".wav")
         sub = str(Path("audio", name).parent)
-        with tempfile.TemporaryDirectory() as tmp:
-            wav = Path(tmp) / f"{Path(name).name}.wav"
-            write_audio(wav, audio, sample_rate)
-            self.log_artifact(wav, sub)
+        tmp = Path(tempfile.mkdtemp(prefix="sekd-audio-"))
+        wav = tmp / f"{Path(name).name}.wav"
+        write_audio(wav, audio, sample_rate)
+        self.log_artifact(wav, sub)
+        if not self.pending:  # a buffered call (server down) still needs the file
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        _retry(self.client.log_figure, self.run_id, figure, artifact_file)
+        self._send(self.client.log_figure, self.run_id, figure, artifact_file)
 
 
 # The MLflow UI opens an experiment without this tag on its GenAI traces page, not on the runs.
@@ -396,6 +481,8 @@ def _open_experiment(phase: str, tracking_cfg: Mapping[str, Any] | None) -> tupl
     from mlflow import MlflowClient
 
     uri = tracking_uri(dict(tracking_cfg or {}))
+    for key, value in HTTP_DEFAULTS.items():  # a user's own setting wins
+        os.environ.setdefault(key, value)
     check_server(uri)
     db = sqlite_path(uri)
     if db is not None:
@@ -543,4 +630,4 @@ def start_run(
         yield tracker
         status = "FINISHED"
     finally:
-        _retry(client.set_terminated, tracker.run_id, status=status)
+        tracker.close(status)

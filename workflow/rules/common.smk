@@ -5,11 +5,13 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from snakemake.common.configfile import load_configfile
+from sekd.errors import SekdError
 
 from sekd.config import (
     BASELINE,
+    DEFAULT_PARAMS,
     deep_merge,
+    read_config_file,
     searched_as_tuned,
     tuned_keys,
     tuned_studies,
@@ -18,20 +20,26 @@ from sekd.config import (
 
 
 def _sekd_merged_config():
-    """Snakemake merges its config files key by key; merge the same files (the `configfile:`
-    directive's, then --configfile's, then --config) with sekd's merge, where a model given with
-    name and conf replaces the earlier one (a Conv-TasNet setting over params.yaml's GRU)."""
-    cli = list(workflow.overwrite_configfiles or ())
+    """params.yaml, then --configfile's files, then --config, each read as plain YAML (no YTE: a
+    file marked `__use_yte__` is refused) and merged with sekd's merge, where a model given with
+    name and conf replaces the earlier one (a Conv-TasNet setting over params.yaml's GRU).
+
+    Snakemake itself has already read --configfile's files with its own loader by now (README:
+    "Config files are data"); params.yaml, which `dvc repro` uses, only sekd reads."""
     merged = {}
-    for path in [*workflow.configfiles[len(cli) :], *cli]:
-        merged = deep_merge(merged, load_configfile(path))
+    for path in _config_files:
+        merged = deep_merge(merged, read_config_file(path))
     return deep_merge(merged, dict(workflow.config_settings.config or {}))
 
 
-_merged = _sekd_merged_config()
+_config_files = [DEFAULT_PARAMS, *(workflow.overwrite_configfiles or ())]
+try:
+    _merged = _sekd_merged_config()
+    validate_params(_merged, source="snakemake config", files=_config_files)
+except SekdError as err:
+    raise WorkflowError(str(err)) from None
 config.clear()
 config.update(_merged)
-validate_params(config, source="snakemake config")
 
 if config["tracking"]["uri"]:
     os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking"]["uri"])
