@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
+from same_outputs import assert_same_outputs
 from tiny import TINY_MODEL, UNTUNED, tiny_train, write_set
 
 from sekd.config import load_params
@@ -106,28 +106,6 @@ def _kill_at(code: str, args: dict, stop_at: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _wall_clock(name: str) -> bool:
-    return "seconds" in name or name in ("samples_per_second", "device")
-
-
-def _same_outputs(got: Path, want: Path) -> None:
-    files = sorted(p.relative_to(want) for p in want.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(got) for p in got.rglob("*") if p.is_file())
-    for name in files:
-        if name.suffix == ".csv":
-            a, b = pd.read_csv(got / name), pd.read_csv(want / name)
-            keep = [c for c in b.columns if not _wall_clock(c)]
-            pd.testing.assert_frame_equal(a[keep], b[keep])
-        elif name.suffix == ".json":
-            a, b = (json.loads((d / name).read_text()) for d in (got, want))
-            strip = {k for k in b if _wall_clock(k)}
-            assert {k: v for k, v in a.items() if k not in strip} == {
-                k: v for k, v in b.items() if k not in strip
-            }
-        else:
-            assert (got / name).read_bytes() == (want / name).read_bytes(), name
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("engine")
@@ -184,7 +162,7 @@ def test_a_kill_from_outside_mid_epoch_resumes_bit_identically(case, data, tmp_p
     assert not Path(killed["out"]).exists()
 
     _run(code, killed)
-    _same_outputs(Path(killed["out"]), Path(reference["out"]))
+    assert_same_outputs(Path(killed["out"]), Path(reference["out"]))
 
 
 def test_the_loop_calls_hooks_in_order_and_resumes_its_own_state(tmp_path):
@@ -218,3 +196,39 @@ def test_the_loop_calls_hooks_in_order_and_resumes_its_own_state(tmp_path):
     again.fit(None)
     assert again.calls == [("start", True)] and again.total == first.total
     assert math.isfinite(again.total) and again.finished
+
+
+def test_a_second_run_of_a_job_waits_for_the_first_instead_of_writing_beside_it(data, tmp_path):
+    """Two processes of one job (an orphan of a killed snakemake, and the rerun): the second
+    waits on the checkpoint's writer lock while the first lives, then resumes from what it saved;
+    the outputs are those of one uninterrupted run."""
+    code, args, _ = _cases(data)["supervised"]
+    reference = {**args, "out": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref_ckpt")}
+    _run(code, reference)
+    job = {**args, "out": str(tmp_path / "out"), "ckpt": str(tmp_path / "ckpt")}
+    source = "import json, sys\na = json.loads(sys.argv[1])\n" + code
+    first = subprocess.Popen(
+        [sys.executable, "-c", source, json.dumps(job)],
+        env={**os.environ, STOP_ENV: "2:1"}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while _process_state(first.pid) != "T":  # stopped inside epoch 2, holding the checkpoint
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+        time.sleep(0.02)
+    second = subprocess.Popen(
+        [sys.executable, "-c", source, json.dumps(job)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        waited = ""
+        while "waiting for it" not in waited:
+            assert second.poll() is None, second.stderr.read()[-2000:]
+            waited += second.stderr.readline()
+        assert f"held by pid {first.pid}" in waited
+        state = torch.load(Path(job["ckpt"]) / CHECKPOINT, weights_only=True)
+        assert state["epoch"] == 1  # the second wrote nothing while the first held it
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=600) == 0
+    rest = second.communicate(timeout=600)[1]
+    assert second.returncode == 0, rest[-2000:]
+    assert_same_outputs(Path(job["out"]), Path(reference["out"]))

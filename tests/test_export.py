@@ -221,3 +221,15 @@ def test_bad_folders_are_named(tmp_path) -> None:
     with pytest.raises(SekdError, match="would replace the model folder"):
         export_model(model_dir, tmp_path)
     assert load_model(model_dir).causal
+
+
+def test_an_export_that_differs_from_torch_is_refused(tmp_path, monkeypatch) -> None:
+    """The check after export is real: demand an exact match (tolerance 0; float32 ONNX Runtime and
+    torch differ in the last bits) and the export is refused, naming the graph, leaving nothing."""
+    import sekd.export
+
+    model_dir = saved_student(tmp_path / "student", *STUDENTS["n320-hop160-magnitude"])
+    monkeypatch.setattr(sekd.export, "TOLERANCE", 0.0)
+    with pytest.raises(SekdError, match=r"ONNX export differs from torch by \S+ in \S+"):
+        export_model(model_dir, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

@@ -276,7 +276,9 @@ def test_two_workers_share_a_postgresql_study(postgres, data, tmp_path):
     assert {t["storage"] for t in tallies} == {postgres}
     study = study_of(cfg, postgres)
     numbers = sorted(t.number for t in study.trials)
-    assert len(numbers) >= 4 and numbers == list(range(len(numbers)))  # may overshoot by 1
+    # the budget: every worker stops at tune.trials finished trials; without the journal's ask
+    # lock, workers on a database may each ask one more while another's last trial runs
+    assert 10 <= len(numbers) <= 10 + len(processes) - 1 and numbers == list(range(len(numbers)))
     assert all(sum(t["trials"].values(), []) for t in tallies)  # both workers took part
     flat = sum((sum(t["trials"].values(), []) for t in tallies), [])
     assert len(flat) == len(set(flat)) == len(numbers)

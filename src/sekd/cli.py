@@ -71,6 +71,13 @@ def cmd_sync(args: argparse.Namespace) -> None:
     print("DVC and Snakemake agree: nothing to run")
 
 
+def cmd_unlock_stale(args: argparse.Namespace) -> None:
+    """Before a DVC stage runs Snakemake: drop the lock of a killed run (never a live one's)."""
+    from sekd.sync import unlock_stale
+
+    unlock_stale(Path(args.repo))
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     """Say where the results, models and MLflow store of a finished run are."""
     from sekd.results import summary_text
@@ -334,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="after dvc pull/checkout: mark Snakemake's outputs up to date")
     p.add_argument("--repo", default=".")
     p.set_defaults(func=cmd_sync)
+    p = sub.add_parser(
+        "unlock-stale", help="remove the lock a killed snakemake left (not a live one's)"
+    )
+    p.add_argument("--repo", default=".")
+    p.set_defaults(func=cmd_unlock_stale)
     p = sub.add_parser("plots-template", help="write dvc plots show's offline HTML template")
     p.add_argument("--out", default=".dvc/plots.html")
     p.set_defaults(func=cmd_plots_template)

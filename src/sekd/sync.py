@@ -1,4 +1,5 @@
-"""Make Snakemake agree with DVC after ``dvc pull`` or ``dvc checkout`` (``sekd sync``).
+"""Make Snakemake agree with DVC after ``dvc pull`` or ``dvc checkout`` (``sekd sync``), and clear
+the lock a killed Snakemake run leaves behind (``sekd unlock-stale``, before each DVC stage).
 
 DVC decides by content hashes; Snakemake by modification times and the params it recorded when it
 last ran each job (``.snakemake/metadata``). Files that DVC restores carry checkout times, and a
@@ -11,10 +12,14 @@ running nothing. When DVC says otherwise, touching would hide real changes, so `
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 from pathlib import Path
 
 from sekd.errors import SekdError
+
+log = logging.getLogger(__name__)
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -48,3 +53,36 @@ def sync(cwd: Path = Path(".")) -> int:
     if planned_jobs(cwd):
         _run(["snakemake", "--touch", "-c1", "--quiet", "all"], cwd)
     return planned_jobs(cwd)
+
+
+def _snakemake_running_in(folder: Path) -> list[int]:
+    """Pids of live ``snakemake`` processes whose working directory is ``folder``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if Path(os.readlink(proc / "cwd")) != folder:
+                continue
+        except OSError:  # gone, or not ours to read
+            continue
+        if any(Path(part.decode(errors="replace")).name == "snakemake" for part in cmdline[:2]):
+            found.append(int(proc.name))
+    return found
+
+
+def unlock_stale(cwd: Path = Path(".")) -> bool:
+    """Remove Snakemake's lock on ``cwd`` when the run that took it is gone (killed: a lock it
+    never released); leave a live run's lock alone. Returns whether it unlocked."""
+    folder = cwd.resolve()
+    locks = folder / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return False
+    running = _snakemake_running_in(folder)
+    if running:
+        log.info("Snakemake lock of %s kept: snakemake runs there (pid %s)", folder, running[0])
+        return False
+    _run(["snakemake", "--unlock", "-c1", "--quiet"], folder)
+    log.warning("%s: removed the lock of a Snakemake run that was killed", folder)
+    return True
