@@ -159,12 +159,12 @@ def test_the_printed_comparison_address_shows_every_students_si_sdr(
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("sekd/distill")
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
-    scores = {r.data.tags["sekd.system"]: r.data.metrics["test/si_sdr"] for r in runs}
-    assert set(scores) == {f"{method}-0" for method in ["nokd", *METHODS]}
+    scores = {r.info.run_name: r.data.metrics["test/si_sdr"] for r in runs}
+    assert set(scores) == {f"distill/{method}/seed0" for method in ["nokd", *METHODS]}
     text = re.sub(r"<[^>]+>", " ", render(chromium, url, tmp_path))
-    for system, value in scores.items():
-        assert f" {value!r} " in text, f"{system}: test/si_sdr {value!r} is not in the run table"
-        assert system in text
+    for name, value in scores.items():
+        assert f" {value!r} " in text, f"{name}: test/si_sdr {value!r} is not in the run table"
+        assert name in text
     shot = tmp_path / "mlflow-comparison.png"  # kept with the test's temporary files
     command = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -261,6 +261,25 @@ def test_failed_synthesis_leaves_no_output(sources, tmp_path):
     assert not out.exists()
 
 
+def test_a_worker_error_leaves_no_partial_folder(sources, tmp_path):
+    """An error in one mixture while other workers still write (here a missing utterance, as a
+    full disk would be): nothing of the run is left, not even its temporary folder, and a rerun
+    with the fault gone writes the split."""
+    utterances, noises = sources
+    broken = utterances.copy()
+    used = broken.index[broken["speaker"].isin(SPLIT_SPEAKERS["train"])]
+    broken.loc[used[len(used) // 2 :: 5], "path"] = str(tmp_path / "gone.wav")
+    out = tmp_path / "train"
+    with pytest.raises(SekdError, match="gone.wav"):
+        synth.synthesize_split("train", broken, noises, SPLIT_SPEAKERS["train"], CFG, out, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "partial output left behind"
+    stale = tmp_path / ".train.killed.tmp" / "noisy"  # what a SIGKILLed run leaves
+    stale.mkdir(parents=True)
+    synth.synthesize_split("train", utterances, noises, SPLIT_SPEAKERS["train"], CFG, out, 2)
+    assert (out / "manifest.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # the stale folder is gone
+
+
 def test_speaker_without_utterances_is_an_error(sources, tmp_path):
     with pytest.raises(SekdError, match="nobody"):
         synth.synthesize_split("valid", *sources, ["s3", "nobody"], CFG, tmp_path / "v", 1)

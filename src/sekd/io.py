@@ -7,6 +7,7 @@ input never leaves a partial file where a later step (or Snakemake/DVC) would ta
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -51,9 +52,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory next to ``path``; it replaces ``path`` only on success."""
+    """Yield a temporary directory next to ``path``; it replaces ``path`` only on success.
+
+    Temporary siblings of ``path`` that a killed run left (``.<name>.*.tmp``) are removed first:
+    one job writes one output (Snakemake's rule), so none of them belongs to a live writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -168,19 +168,28 @@ class WorkerPool:
         ahead = QUEUED_PER_WORKER * self._spawned
         pending: dict[Future, int] = {}
         following = 0
-        while following < len(jobs) or pending:
-            while following < len(jobs) and len(pending) < ahead:
-                pending[self._pool.submit(fn, jobs[following])] = following
-                following += 1
-            if following < len(jobs):
-                results[following] = fn(jobs[following])
-                following += 1
-                yield
-            else:
-                wait(pending, return_when=FIRST_COMPLETED)
-            for future in [f for f in pending if f.done()]:
-                results[pending.pop(future)] = future.result()
-                yield
+        try:
+            while following < len(jobs) or pending:
+                while following < len(jobs) and len(pending) < ahead:
+                    pending[self._pool.submit(fn, jobs[following])] = following
+                    following += 1
+                if following < len(jobs):
+                    results[following] = fn(jobs[following])
+                    following += 1
+                    yield
+                else:
+                    wait(pending, return_when=FIRST_COMPLETED)
+                for future in [f for f in pending if f.done()]:
+                    results[pending.pop(future)] = future.result()
+                    yield
+        except BaseException:
+            # A job failed (or we were interrupted): cancel the queued jobs and wait for the
+            # running ones before the error leaves, so that no worker still writes into a
+            # folder the caller is about to remove (synthesis' atomic output folder).
+            for future in pending:
+                future.cancel()
+            wait(pending)
+            raise
 
     def pids(self) -> list[int]:
         """Process ids of the started workers (none before the first parallel :meth:`map`)."""
