@@ -228,7 +228,7 @@ def test_a_second_run_of_a_job_waits_for_the_first_instead_of_writing_beside_it(
         assert state["epoch"] == 1  # the second wrote nothing while the first held it
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    assert first.wait(timeout=600) == 0
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
     rest = second.communicate(timeout=600)[1]
     assert second.returncode == 0, rest[-2000:]
     assert_same_outputs(Path(job["out"]), Path(reference["out"]))

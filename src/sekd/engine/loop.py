@@ -16,12 +16,11 @@ can kill it from outside at a step of its choosing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from sekd.engine.state import CHECKPOINT, read_checkpoint, set_rng_state, write_checkpoint
 
@@ -40,40 +39,41 @@ def _stop_point() -> tuple[int, int] | None:
 
 
 WRITER_LOCK = ".writer.lock"
+_HELD: dict[Path, TextIO] = {}  # checkpoint folders this process holds, until it exits
 
 
-@contextlib.contextmanager
-def writer_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s checkpoint for this process alone (an exclusive ``flock``, released by
-    the kernel when the process dies, however it dies).
+def hold_checkpoint(folder: Path) -> None:
+    """Hold ``folder``'s checkpoint for this process alone, until it exits (an exclusive ``flock``,
+    released by the kernel however the process ends), so the outputs it writes after training are
+    covered too. Holding it again in the same process is a no-op.
 
     A job whose earlier run is still alive (an orphan of a killed ``snakemake``, or a requeued
     SLURM job whose first copy lingers) waits for it instead of training a second copy from the
-    same checkpoint; it then resumes from what that run saved."""
+    same checkpoint, then resumes from what that run saved."""
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / WRITER_LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            log.warning(
-                "%s: checkpoint held by pid %s (an earlier run of this job): waiting for it",
-                folder,
-                holder,
-            )
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            log.info("%s: checkpoint free again: resuming from what it saved", folder)
+    key = folder.resolve()
+    if key in _HELD:
+        return
+    handle = open(key / WRITER_LOCK, "a+")  # noqa: SIM115 (kept open: the lock lives with it)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        holder = handle.read().strip() or "another process"
+        log.warning(
+            "%s: checkpoint held by pid %s (an earlier run of this job): waiting for it",
+            folder,
+            holder,
+        )
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        log.info("%s: checkpoint free again: resuming from what it saved", folder)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD[key] = handle
 
 
 class EpochLoop:
@@ -140,13 +140,13 @@ class EpochLoop:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     def fit(self, tracker) -> None:
-        with writer_lock(self.checkpoint.parent):
-            self.on_start(self.try_resume())
-            while not self.done():
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self.run_epoch(tracker)
-                self.save_checkpoint()
-                if os.environ.get(KILL_ENV) == str(self.epoch):
-                    os.kill(os.getpid(), signal.SIGKILL)
-            self.finished = True
+        hold_checkpoint(self.checkpoint.parent)
+        self.on_start(self.try_resume())
+        while not self.done():
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.run_epoch(tracker)
+            self.save_checkpoint()
+            if os.environ.get(KILL_ENV) == str(self.epoch):
+                os.kill(os.getpid(), signal.SIGKILL)
+        self.finished = True
