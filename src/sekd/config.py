@@ -404,14 +404,12 @@ def validate_params(
 ) -> dict:
     """Validate ``cfg`` in place of a run; raise a one-line :class:`SekdError` naming the key and,
     when ``files`` (those merged into ``cfg``, in order) give it, the file and line that set it."""
-    try:
-        return _validate(cfg, source)
-    except SekdError as err:
-        key = str(err).split("invalid key '", 1)[-1].split("'", 1)[0]
-        where = _key_line(key, files) if "invalid key '" in str(err) else None
-        if where is None:
-            raise
-        raise SekdError(f"{where}: {str(err).removeprefix(f'{source}: ')}") from None
+    problem = _first_problem(cfg)
+    if problem is None:
+        return cfg
+    key, message = problem
+    where = _key_line(key, files) or source
+    raise SekdError(f"{where}: invalid key '{key}': {message}")
 
 
 def _key_line(key: str, files: Sequence[str | Path]) -> str | None:
@@ -444,13 +442,13 @@ def _key_line(key: str, files: Sequence[str | Path]) -> str | None:
     return found
 
 
-def _validate(cfg: dict, source: str) -> dict:
+def _first_problem(cfg: dict) -> tuple[str, str] | None:
+    """The first invalid key of ``cfg`` and why: the schema's errors, then what code checks."""
     sch = schema()
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        first = errors[0]
-        raise SekdError(f"{source}: invalid key '{_key_of(first)}': {_message(first)}")
+        return _key_of(errors[0]), _message(errors[0])
     problems: list[tuple[str, str]] = []
     _check_ranges(cfg, sch, sch, "", problems)
     _check_space(cfg, sch, problems)
@@ -458,10 +456,7 @@ def _validate(cfg: dict, source: str) -> dict:
         problems += _check_tuned(cfg)
     if not problems:
         problems += _check_corpus_fits(cfg)
-    if problems:
-        key, message = problems[0]
-        raise SekdError(f"{source}: invalid key '{key}': {message}")
-    return cfg
+    return problems[0] if problems else None
 
 
 def validate_sections(sections: dict, source: str = "--config") -> dict:
