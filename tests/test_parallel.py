@@ -129,3 +129,31 @@ def test_caller_works_raises_a_job_error_from_either_side():
 def _fail_at_index(job: tuple[int, int]) -> int:
     index, failing = job
     return _fail(3 if index == failing else 0)
+
+
+def _dnsmos_loaded(_: int) -> tuple[int, int]:
+    from sekd.metrics.dnsmos import _scorer
+
+    return os.getpid(), _scorer.cache_info().currsize
+
+
+def test_start_spawns_the_workers_before_the_first_job():
+    with WorkerPool(2, initializer=_mark, caller_works=True) as pool:
+        assert pool.start() is pool and len(pool.pids()) == 1  # spawned, no job given yet
+        spawned = pool.pids()
+        pool.start()  # already started: nothing more
+        rows = pool.map(_threads, range(6))
+        assert pool.pids() == spawned
+        assert all(row[2] == "initialised" for row in rows if row[0] in spawned)
+    with WorkerPool(1) as local:
+        assert local.start().pids() == []  # no process to start
+
+
+def test_a_scoring_pool_loads_dnsmos_in_its_workers_at_start_up_only_when_used():
+    from sekd.metrics.scoring import scoring_pool
+
+    for dnsmos, loaded in ((True, 1), (False, 0)):
+        with scoring_pool(2, {"dnsmos": dnsmos}).start() as pool:
+            (worker,) = pool.pids()
+            rows = pool.map(_dnsmos_loaded, range(6))  # only the caller-side rows may not be
+            assert {row[1] for row in rows if row[0] == worker} == {loaded}

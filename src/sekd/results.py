@@ -77,9 +77,9 @@ def evaluate_systems(
     table = read_manifest(manifest)
     if table["target"].isna().any() or (table["target"] == "").any():
         raise SekdError(f"{manifest}: evaluation needs a target for every utterance")
-    noisy = [read_audio(p) for p in table["noisy"]]
     results = []
-    with scoring_pool(min(workers, len(table))) as pool:
+    with scoring_pool(min(workers, len(table)), options).start() as pool:
+        noisy = [read_audio(p) for p in table["noisy"]]  # the workers start meanwhile
         for system, model_dir, out_dir in systems:
             result = _evaluate_one(
                 system, model_dir, out_dir, (manifest, table, noisy), options, pool

@@ -45,6 +45,11 @@ def _scorer() -> dnsmos.DNSMOS:
     return _SingleThreadDNSMOS(str(_MODELS / "sig_bak_ovr.onnx"), str(_MODELS / "model_v8.onnx"))
 
 
+def preload() -> None:
+    """Build this process's scorer now (a scoring worker's start-up), not on its first utterance."""
+    _scorer()
+
+
 def tiled(audio: np.ndarray, sample_rate: int = DNSMOS_RATE) -> np.ndarray:
     """``audio`` doubled until it lasts 9.01 s, as speechmos (and Microsoft's script) tile it."""
     audio = np.asarray(audio)

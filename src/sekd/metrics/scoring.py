@@ -29,6 +29,7 @@ from sekd.metrics.utterance import (
     check_inputs,
     load,
     metric_keys,
+    prepare_dnsmos,
     score_job,
     score_utterance,
 )
@@ -38,9 +39,12 @@ __all__ = ["DNSMOS_SCORED", "metric_keys", "score_batch", "score_utterance", "su
 DNSMOS_SCORED = "dnsmos_scored"
 
 
-def scoring_pool(workers: int) -> WorkerPool:
-    """A pool for :func:`score_batch`: ``workers`` processes, this one included."""
-    return WorkerPool(workers, caller_works=True)
+def scoring_pool(workers: int, options: Mapping | None = None) -> WorkerPool:
+    """A pool for :func:`score_batch`: ``workers`` processes, this one included. With the
+    ``evaluate`` ``options``, each worker also loads the DNSMOS models at start-up when they are
+    used (see :meth:`~sekd.parallel.WorkerPool.start`)."""
+    dnsmos = options is not None and options.get("dnsmos", True)
+    return WorkerPool(workers, initializer=prepare_dnsmos if dnsmos else None, caller_works=True)
 
 
 def evenly_spaced(total: int, count: int | None) -> list[int]:

@@ -132,6 +132,13 @@ def score_utterance(
     return {**row, "note": "; ".join(notes)}
 
 
+def prepare_dnsmos() -> None:
+    """A scoring worker's start-up when DNSMOS is on: load its ONNX models before the first job."""
+    from sekd.metrics.dnsmos import preload
+
+    preload()
+
+
 def load(audio: Audio | None) -> np.ndarray | None:
     """An utterance given as an array or a 16 kHz file path (None stays None)."""
     if audio is None or isinstance(audio, np.ndarray):
