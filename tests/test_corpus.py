@@ -305,3 +305,77 @@ def test_assign_speakers_too_few_names_split_and_numbers():
     cfg = {"train": 14, "valid": 3, "test": 4, "babble": 3, "seed": 0}
     with pytest.raises(SekdError, match=r"split: needs 24 speakers .* corpus has 10"):
         assign_speakers([f"s{i}" for i in range(10)], cfg)
+
+
+# --- folder corpus: what a real corpus folder holds besides clean speaker folders ---------------
+
+
+def test_folder_corpus_follows_symlinked_speaker_folders(tmp_path, clips):
+    elsewhere, root = tmp_path / "disk2", tmp_path / "corpus"
+    for speaker in ("spk1", "spk2"):
+        for i in range(2):
+            _write(elsewhere / speaker / f"{speaker}_{i}.wav", clips[i])
+    root.mkdir()
+    (root / "spk1").symlink_to(elsewhere / "spk1", target_is_directory=True)
+    (root / "spk2").symlink_to(elsewhere / "spk2", target_is_directory=True)
+    (elsewhere / "spk2" / "loop").symlink_to(root, target_is_directory=True)  # a cycle: once only
+    table = build_corpus(folder_cfg(root, min_utterances=1), tmp_path / "index")
+    assert table.groupby("speaker").size().to_dict() == {"spk1": 2, "spk2": 2}
+
+
+def test_folder_corpus_refuses_names_that_become_one_with_both_names(tmp_path, clips):
+    root = tmp_path / "corpus"
+    for speaker in ("Müller Anna", "Mäller Anna"):
+        for i in range(2):
+            _write(root / speaker / f"u{i}.wav", clips[i])
+    with pytest.raises(SekdError, match="Müller Anna.*Mäller Anna|Mäller Anna.*Müller Anna"):
+        build_corpus(folder_cfg(root, min_utterances=1), tmp_path / "index")
+    assert not (tmp_path / "index").exists()
+    utterances = tmp_path / "corpus2"
+    _write(utterances / "spk1" / "straße.wav", clips[0])
+    _write(utterances / "spk1" / "straae.wav", clips[1])
+    _write(utterances / "spk1" / "stra-e.wav", clips[2])
+    with pytest.raises(SekdError, match="stra-e"):
+        build_corpus(folder_cfg(utterances, min_utterances=1), tmp_path / "index2")
+
+
+def test_folder_corpus_warns_on_truncated_and_very_short_files(tmp_path, clips, caplog):
+    root = tmp_path / "corpus"
+    for i in range(3):
+        _write(root / "spk1" / f"spk1_{i}.wav", clips[i])
+    whole = (root / "spk1" / "spk1_2.wav").read_bytes()
+    (root / "spk1" / "spk1_2.wav").write_bytes(whole[: len(whole) // 2])  # cut mid-data
+    _write(root / "spk1" / "spk1_short.wav", clips[0][:800])  # 0.05 s
+    cfg = folder_cfg(root, min_utterances=1)
+    with caplog.at_level(logging.INFO):
+        table = build_corpus(cfg, tmp_path / "index")
+    assert len(table) == 4  # warned, not dropped
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("truncated" in w and "spk1_2.wav" in w for w in warnings), warnings
+    assert any("spk1_short.wav" in w and "0.5 s" in w for w in warnings), warnings
+    assert not any("spk1_0.wav" in w or "spk1_1.wav" in w for w in warnings)
+    cfg["folder"]["short_seconds"] = 0.01  # the threshold is a setting
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build_corpus(cfg, tmp_path / "index2")
+    assert not any("spk1_short.wav" in r.getMessage() for r in caplog.records)
+
+
+def test_folder_corpus_skips_stray_root_files_and_says_so(tmp_path, clips, caplog):
+    root = tmp_path / "corpus"
+    for i in range(2):
+        _write(root / "spk1" / f"a{i}.wav", clips[i])
+    _write(root / "README.wav", clips[2])  # no speaker folder, no '<speaker>_' prefix
+    with caplog.at_level(logging.INFO):
+        table = build_corpus(folder_cfg(root, min_utterances=1), tmp_path / "index")
+    assert table.speaker.unique().tolist() == ["spk1"] and len(table) == 2
+    assert any(
+        r.levelno == logging.WARNING
+        and "README.wav" in r.getMessage()
+        and "skipped" in r.getMessage()
+        for r in caplog.records
+    )
+    lonely = tmp_path / "only_stray"
+    _write(lonely / "README.wav", clips[2])  # nothing else: nothing to index is still an error
+    with pytest.raises(SekdError, match="README.wav"):
+        build_corpus(folder_cfg(lonely, min_utterances=1), tmp_path / "index2")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import struct
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -47,6 +49,7 @@ PITCH_RANGES = tuple(range(30, 81, 10))
 PEAK = 0.5  # demo utterances are peak-normalised to this
 SILENCE_MARGIN_S = 0.1  # silence left before and after the speech of a demo utterance
 SILENCE_DB = -40.0  # samples this far below the peak count as silence
+SHORT_SECONDS = 0.5  # corpus.folder.short_seconds default: shorter files get a warning
 
 
 def speaker_voices(n: int, seed: int) -> list[Voice]:
@@ -218,7 +221,7 @@ def find_audio(root: Path, extensions: list[str], key: str) -> list[Path]:
     )
     files = sorted(
         p
-        for p in root.rglob("*")
+        for p in _walk_files(root)
         if p.name.lower().endswith(endings) and not p.name.startswith(".") and p.is_file()
     )
     if not files:
@@ -226,17 +229,61 @@ def find_audio(root: Path, extensions: list[str], key: str) -> list[Path]:
     return files
 
 
-def _speaker_of(path: Path, root: Path) -> str:
-    """Speaker folder (any depth below it), or the ``<speaker>_`` prefix of files lying in root."""
+def _walk_files(root: Path) -> list[Path]:
+    """Every file below ``root``, following symlinked folders (a corpus assembled from links is
+    common) but entering each real folder once, so a link back up cannot loop."""
+    seen: set[str] = set()
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        files += [Path(folder) / name for name in names]
+    return files
+
+
+def _speaker_name(path: Path, root: Path) -> str | None:
+    """The speaker's original name: its folder (any depth below it), or the ``<speaker>_`` prefix
+    of a file lying in root; None for a root file without a prefix."""
     relative = path.relative_to(root)
     if len(relative.parts) > 1:
-        return safe_name(relative.parts[0])
-    if "_" not in path.stem:
-        raise SekdError(
-            f"{path}: file directly in corpus.folder.root needs a '<speaker>_' name prefix "
-            "(or put files in one folder per speaker)"
-        )
-    return safe_name(path.stem.split("_")[0])
+        return relative.parts[0]
+    return path.stem.split("_")[0] if "_" in path.stem else None
+
+
+def _one_name_each(originals: dict[str, set[str]], what: str) -> None:
+    """Refuse two original names that :func:`safe_name` makes one (e.g. differing only in
+    non-ASCII letters): merging them would silently join two speakers or two recordings."""
+    for name, sources in sorted(originals.items()):
+        if len(sources) > 1:
+            both = " and ".join(repr(source) for source in sorted(sources))
+            raise SekdError(
+                f"corpus.folder.root: {what} {both} both become {name!r} in sekd's file-safe "
+                "names; rename one of them"
+            )
+
+
+def wav_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is cut short (its data chunk claims more bytes than the file holds),
+    or None. libsndfile reads such a file at its short length without a word."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size, position = os.fstat(handle.fileno()).st_size, 12
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk, length = struct.unpack("<4sI", handle.read(8))
+            if chunk == b"data":
+                available = size - position - 8
+                unknown = length in (0, 0xFFFFFFFF)  # streamed writers leave the size open
+                if not unknown and length > available:
+                    return f"truncated: {available} of its {length} data bytes are there"
+                return None
+            position += 8 + length + (length & 1)
+    return None
 
 
 def _speaker_folder(path: Path, root: Path) -> Path:
@@ -248,11 +295,46 @@ def _stable_order(path: Path, root: Path) -> str:
     return hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()
 
 
-def probe_audio(path: Path) -> tuple[float, str]:
-    """Validate one file with :func:`read_audio`; its seconds at 16 kHz and its stored format."""
+def probe_audio(path: Path) -> tuple[float, str, str | None]:
+    """Validate one file with :func:`read_audio`; its seconds at 16 kHz, its stored format and,
+    for a WAV cut short, why (see :func:`wav_truncation`)."""
     seconds = len(read_audio(path)) / SAMPLE_RATE
     info = sf.info(path)
-    return seconds, f"{info.samplerate} Hz, {info.channels} ch, {info.subtype}"
+    return (
+        seconds,
+        f"{info.samplerate} Hz, {info.channels} ch, {info.subtype}",
+        wav_truncation(path),
+    )
+
+
+def warn_doubtful(
+    paths: list[Path], probes: list[tuple], what: str, short_seconds: float | None = None
+) -> None:
+    """One warning for the truncated files among ``paths`` (their :func:`probe_audio` results)
+    and one for those shorter than ``short_seconds``: kept, but such files usually come from a
+    broken copy or export, worth a look before hours of training on them."""
+    truncated = [f"{p} ({note})" for p, (_, _, note) in zip(paths, probes, strict=True) if note]
+    if truncated:
+        log.warning(
+            "%s: %d truncated files kept at their readable length: %s",
+            what,
+            len(truncated),
+            "; ".join(truncated[:10]),
+        )
+    if short_seconds is None:
+        return
+    short = [
+        f"{p} ({s:.2f} s)" for p, (s, _, _) in zip(paths, probes, strict=True) if s < short_seconds
+    ]
+    if short:
+        log.warning(
+            "%s: %d files shorter than %s.folder.short_seconds = %g s kept: %s",
+            what,
+            len(short),
+            what,
+            short_seconds,
+            "; ".join(short[:10]),
+        )
 
 
 def log_formats(formats: list[str], paths: list[Path], what: str) -> None:
@@ -282,9 +364,27 @@ def folder_speaker_files(cfg: dict) -> tuple[Path, dict[str, list[Path]]]:
     folder = cfg["folder"]
     root = Path(folder["root"]).expanduser().resolve() if folder["root"] else None
     files = find_audio(root, folder["extensions"], "corpus.folder.root")
+    stray = [path for path in files if _speaker_name(path, root) is None]
+    if stray and len(stray) == len(files):
+        raise SekdError(
+            f"{stray[0]}: file directly in corpus.folder.root needs a '<speaker>_' name prefix "
+            "(or put files in one folder per speaker)"
+        )
+    if stray:
+        log.warning(
+            "corpus: skipped %d files directly in %s without a '<speaker>_' name prefix: %s",
+            len(stray),
+            root,
+            ", ".join(path.name for path in stray[:10]),
+        )
     by_speaker: dict[str, list[Path]] = {}
+    originals: dict[str, set[str]] = {}
     for path in files:
-        by_speaker.setdefault(_speaker_of(path, root), []).append(path)
+        name = _speaker_name(path, root)
+        if name is not None:
+            by_speaker.setdefault(safe_name(name), []).append(path)
+            originals.setdefault(safe_name(name), set()).add(name)
+    _one_name_each(originals, "speakers")
     minimum, cap = folder["min_utterances"], folder["max_utterances"]
     dropped = sorted(s for s, paths in by_speaker.items() if len(paths) < minimum)
     if dropped:
@@ -324,17 +424,17 @@ def scan_folder_corpus(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFra
     log.info("corpus: validating %d files of %d speakers in %s", len(rows), len(kept), root)
     with WorkerPool(workers) as pool:
         probes = pool.map(probe_audio, paths, desc="probing")
-    log_formats([fmt for _, fmt in probes], paths, "corpus")
+    log_formats([fmt for _, fmt, _ in probes], paths, "corpus")
+    warn_doubtful(paths, probes, "corpus", cfg["folder"].get("short_seconds", SHORT_SECONDS))
     stems = Counter(p.stem for p in paths)
-    for row, (seconds, _) in zip(rows, probes, strict=True):
+    originals: dict[str, set[str]] = {}
+    for row, (seconds, _, _) in zip(rows, probes, strict=True):
         path = row["path"]
         unique = path.stem if stems[path.stem] == 1 else path.relative_to(root).with_suffix("")
-        row.update(
-            utterance=safe_name(str(unique).replace("/", "_")),
-            path=str(path),
-            seconds=seconds,
-            text="",
-        )
+        original = str(unique).replace("/", "_")
+        originals.setdefault(safe_name(original), set()).add(original)
+        row.update(utterance=safe_name(original), path=str(path), seconds=seconds, text="")
+    _one_name_each(originals, "utterances")
     utterances = pd.DataFrame(rows, columns=UTTERANCE_COLUMNS)
     speakers = pd.DataFrame(
         {"speaker": list(kept), "folder": [str(_speaker_folder(p[0], root)) for p in kept.values()]}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sekd.data.corpus import find_audio, log_formats, probe_audio, safe_name
+from sekd.data.corpus import find_audio, log_formats, probe_audio, safe_name, warn_doubtful
 from sekd.errors import SekdError
 from sekd.io import SAMPLE_RATE, atomic_dir, read_audio, read_table, write_audio
 from sekd.parallel import WorkerPool
@@ -165,7 +165,8 @@ def scan_noise_folder(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFram
     log.info("noise: validating %d recordings below %s", len(files), root)
     with WorkerPool(workers) as pool:
         probes = pool.map(probe_audio, files, desc="probing")
-    log_formats([fmt for _, fmt in probes], files, "noise")
+    log_formats([fmt for _, fmt, _ in probes], files, "noise")
+    warn_doubtful(files, probes, "noise")
     ids = [safe_name(f"{kind}_{p.stem}") for kind, p in zip(kinds, files, strict=True)]
     counts = Counter(ids)
     ids = [
@@ -179,7 +180,7 @@ def scan_noise_folder(cfg: dict, out_dir: Path, workers: int = 1) -> pd.DataFram
             "noise_id": ids,
             "kind": kinds,
             "path": [str(p) for p in files],
-            "seconds": [seconds for seconds, _ in probes],
+            "seconds": [seconds for seconds, _, _ in probes],
         },
         columns=NOISE_COLUMNS,
     )
