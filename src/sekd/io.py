@@ -7,6 +7,7 @@ input never leaves a partial file where a later step (or Snakemake/DVC) would ta
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import logging
@@ -34,20 +35,66 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+LOW_SPACE_BYTES = 1 << 20  # free space below which an errno-less write error means "disk full"
+
+
+class DiskFullError(SekdError):
+    """A write ran out of space; the message names the output and says so, in one line."""
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether ``err``, raised while writing into ``folder``, means its device is full.
+
+    An ``OSError`` says so by its errno. libsndfile ("System error.") and torch's zip writer
+    ("enforce fail at inline_container.cc") drop the errno, so for those the device's free space
+    decides.
+    """
+    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):  # LibsndfileError is a RuntimeError
+        return False
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < LOW_SPACE_BYTES
+
+
+@contextlib.contextmanager
+def disk_full_named(path: Path, folder: Path) -> Iterator[None]:
+    """Within: a write error caused by a full device becomes one :class:`DiskFullError` naming
+    ``path`` (the output being made; an inner writer's error is renamed to it)."""
+    try:
+        yield
+    except DiskFullError:
+        raise DiskFullError(_disk_full_message(path)) from None
+    except (OSError, RuntimeError) as err:
+        if _out_of_space(err, folder):
+            raise DiskFullError(_disk_full_message(path)) from None
+        raise
+
+
+def _disk_full_message(path: Path) -> str:
+    return f"{path}: disk full: no space left on its device; free some and rerun"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
+    A full device is reported as a :class:`DiskFullError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_full_named(path, path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared files
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -57,18 +104,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     Temporary siblings of ``path`` that a killed run left (``.<name>.*.tmp``) are removed first:
     one job writes one output (Snakemake's rule), so none of them belongs to a live writer."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with disk_full_named(path, path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_UMASK)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
