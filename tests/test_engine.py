@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -74,6 +75,16 @@ save_file(trainer.best_state, str(out / "model.safetensors"))
 pd.DataFrame(trainer.history).to_csv(out / "history.csv", index=False)
 """
 
+# as the CLI ends a preempted trainer: its one-line message and exit status 128 + the signal
+PREEMPTED_EXITS = """
+from sekd.engine import Preempted
+try:
+    exec(compile({code!r}, "<trainer>", "exec"), {{"a": a}})
+except Preempted as err:
+    print(err, file=sys.stderr)
+    sys.exit(err.exit_code)
+"""
+
 
 def _process_state(pid: int) -> str:
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -85,10 +96,10 @@ def _run(code: str, args: dict) -> None:
     exec(compile(code, "<trainer>", "exec"), {"a": json.loads(json.dumps(args))})
 
 
-def _kill_at(code: str, args: dict, stop_at: str) -> None:
-    """Run ``code`` in a child that stops itself at step ``stop_at``; kill it from outside."""
+def _stopped_child(code: str, args: dict, stop_at: str) -> subprocess.Popen:
+    """``code`` in a child process, once it has stopped itself at step ``stop_at``."""
     env = {**os.environ, STOP_ENV: stop_at}
-    source = "import json, sys\na = json.loads(sys.argv[1])\n" + code
+    source = "import json, sys\na = json.loads(sys.argv[1])\n" + PREEMPTED_EXITS.format(code=code)
     proc = subprocess.Popen(
         [sys.executable, "-c", source, json.dumps(args)],
         env=env,
@@ -101,9 +112,24 @@ def _kill_at(code: str, args: dict, stop_at: str) -> None:
         assert proc.poll() is None, f"ended before step {stop_at}: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, "never reached the stop point"
         time.sleep(0.02)
+    return proc
+
+
+def _kill_at(code: str, args: dict, stop_at: str) -> None:
+    """Run ``code`` in a child that stops itself at step ``stop_at``; kill it from outside."""
+    proc = _stopped_child(code, args, stop_at)
     os.kill(proc.pid, signal.SIGKILL)  # from outside, in the middle of an epoch
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+
+
+def _random_step(stop_at: str) -> str:
+    """``epoch:step`` with a step drawn from 1..the given one (the case's last safe step), new
+    each run and printed, so that over runs a kill lands anywhere in the epoch."""
+    epoch, last = (int(x) for x in stop_at.split(":"))
+    chosen = f"{epoch}:{random.randint(1, last)}"
+    print(f"stopping at epoch:step {chosen}")
+    return chosen
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +176,7 @@ def _cases(data: dict) -> dict[str, tuple[str, dict, str]]:
 )
 def test_a_kill_from_outside_mid_epoch_resumes_bit_identically(case, data, tmp_path):
     code, args, stop_at = _cases(data)[case]
+    stop_at = _random_step(stop_at)
     reference = {**args, "out": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref_ckpt")}
     reference["storage"] = str(tmp_path / "ref.journal")
     _run(code, reference)
@@ -163,6 +190,41 @@ def test_a_kill_from_outside_mid_epoch_resumes_bit_identically(case, data, tmp_p
 
     _run(code, killed)
     assert_same_outputs(Path(killed["out"]), Path(reference["out"]))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["supervised", "output_kd", "dfkd", "latent_mixup", "okd", "adapt", "tuning_trial"],
+)
+def test_a_stop_signal_saves_inside_the_epoch_and_the_rerun_is_bit_identical(case, data, tmp_path):
+    """SLURM's time-limit signals (SIGTERM, or SIGUSR1 asked for with --signal) from outside at a
+    random step: the trainer finishes its step, saves, exits 128 + the signal; a rerun goes on."""
+    code, args, stop_at = _cases(data)[case]
+    stop_at = _random_step(stop_at)
+    signum = random.choice([signal.SIGTERM, signal.SIGUSR1])
+    reference = {**args, "out": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref_ckpt")}
+    reference["storage"] = str(tmp_path / "ref.journal")
+    _run(code, reference)
+
+    stopped = {**args, "out": str(tmp_path / "out"), "ckpt": str(tmp_path / "ckpt")}
+    stopped["storage"] = str(tmp_path / "stopped.journal")
+    proc = _stopped_child(code, stopped, stop_at)
+    os.kill(proc.pid, signum)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signal.Signals(signum).name} in epoch 2 after step" in stderr
+    state = torch.load(Path(stopped["ckpt"]) / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1  # the last finished epoch
+    epoch, step = (int(x) for x in stop_at.split(":"))
+    if case == "okd":  # its epochs have no resumable middle: it starts epoch 2 again
+        assert state["partial"] is None
+    else:
+        assert (state["partial"]["epoch"], state["partial"]["step"]) == (epoch, step)
+    assert not Path(stopped["out"]).exists()
+
+    _run(code, stopped)
+    assert_same_outputs(Path(stopped["out"]), Path(reference["out"]))
 
 
 def test_the_loop_calls_hooks_in_order_and_resumes_its_own_state(tmp_path):

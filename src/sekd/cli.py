@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except SekdError as err:
         print(f"sekd {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # a preempted trainer: 128 + the signal's number
     return 0
 
 

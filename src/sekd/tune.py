@@ -38,6 +38,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sekd.config import BASELINE, deep_merge, searched_as_tuned, tuned_keys
+from sekd.engine import Preempted
 from sekd.errors import SekdError
 from sekd.io import atomic_path
 
@@ -454,6 +455,8 @@ def run_worker(cfg: dict, method: str, worker: int, data: dict, tracking: dict |
             except optuna.TrialPruned as pruned:
                 state = TrialState.PRUNED
                 log.info("trial %d pruned: %s", trial.number, pruned)
+            except Preempted:
+                raise  # the worker was asked to stop: its trial ends FAIL, as after a kill
             except (SekdError, RuntimeError, ValueError) as err:
                 log.error("trial %d failed: %s", trial.number, err)
             tracker.set_tags({"optuna.trial.state": state.name})

@@ -12,7 +12,7 @@
 """
 
 from sekd.engine.inference import enhance, enhance_many, evaluate_si_sdr, input_si_sdr
-from sekd.engine.loop import KILL_ENV, STOP_ENV, EpochLoop
+from sekd.engine.loop import KILL_ENV, PREEMPT_SIGNALS, STOP_ENV, EpochLoop, Preempted
 from sekd.engine.outputs import SavedModel, log_run_tail, write_model_dir
 from sekd.engine.state import CHECKPOINT, config_hash, file_sha256
 from sekd.engine.supervised import LossFn, Trainer, task_loss, train_model
@@ -20,9 +20,11 @@ from sekd.engine.supervised import LossFn, Trainer, task_loss, train_model
 __all__ = [
     "CHECKPOINT",
     "KILL_ENV",
+    "PREEMPT_SIGNALS",
     "STOP_ENV",
     "EpochLoop",
     "LossFn",
+    "Preempted",
     "SavedModel",
     "Trainer",
     "config_hash",

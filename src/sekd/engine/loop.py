@@ -8,7 +8,10 @@ checkpoint beyond what the loop keeps itself (identity, epoch, ``finished``, RNG
 
 Every epoch ends with an atomic checkpoint, so a process killed anywhere (inside an epoch too)
 reruns only the epoch in progress, from the same weights, optimiser and RNG states: the run is
-bit-identical to one never killed. Two environment variables exist for tests that prove it:
+bit-identical to one never killed. A process asked to stop (SIGTERM, or SIGUSR1: what SLURM sends
+at a job's time limit, or before it with ``--signal``) finishes its optimiser step, saves the epoch
+in progress too where the trainer can (``epoch_progress``), and exits with 128 + the signal's
+number, so a rerun (Snakemake's retry) goes on from that step: bit-identical again. Two environment variables exist for tests that prove it:
 ``SEKD_KILL_AFTER_EPOCH=E`` SIGKILLs the process right after epoch E's checkpoint, and
 ``SEKD_STOP_AT_STEP=E:S`` makes it SIGSTOP itself at optimiser step S of epoch E, so that a test
 can kill it from outside at a step of its choosing.
@@ -19,10 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import TextIO
 
 from sekd.engine.state import CHECKPOINT, read_checkpoint, set_rng_state, write_checkpoint
+from sekd.errors import SekdError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,17 @@ def _stop_point() -> tuple[int, int] | None:
         return None
     epoch, step = value.split(":")
     return int(epoch), int(step)
+
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(SekdError):
+    """Training stopped on a signal after saving; the process exits with ``exit_code``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 WRITER_LOCK = ".writer.lock"
@@ -87,7 +103,9 @@ class EpochLoop:
         self.resumed_from = 0
         self.step_in_epoch = 0
         self.updates = 0  # optimiser steps of the method's own loss, over the whole run
+        self.partial: dict | None = None  # where a preempted run stopped inside an epoch
         self._stop_at = _stop_point()
+        self._signal: int | None = None
 
     # ------------------------------------------------------------ hooks
 
@@ -110,11 +128,27 @@ class EpochLoop:
     def on_start(self, resumed: bool) -> None:
         """Runs once before the first epoch of this process, after the resume decision."""
 
+    def epoch_progress(self) -> dict | None:
+        """What the epoch in progress has accumulated so far (plain values), for a checkpoint
+        taken between two of its steps; None where the trainer cannot resume inside an epoch
+        (then a preempted run starts that epoch again)."""
+        return None
+
+    def resumed_progress(self) -> dict | None:
+        """What :meth:`epoch_progress` saved for the epoch now starting, when resuming inside it
+        (``step_in_epoch`` is then the number of steps it had done)."""
+        if self.partial is not None and self.partial["epoch"] == self.epoch:
+            return self.partial["progress"]
+        return None
+
     # ------------------------------------------------------------ the loop
 
-    def save_checkpoint(self) -> None:
-        identity = {"config_hash": self.hash, "epoch": self.epoch, "finished": self.finished}
-        identity["updates"] = self.updates
+    def save_checkpoint(self, partial: dict | None = None) -> None:
+        """The job's state after epoch ``self.epoch``, or with ``partial`` (``epoch``, ``step``,
+        ``progress``) inside that epoch, after the last finished one."""
+        epoch = self.epoch if partial is None else self.epoch - 1
+        identity = {"config_hash": self.hash, "epoch": epoch, "finished": self.finished}
+        identity.update(updates=self.updates, partial=partial)
         write_checkpoint(self.checkpoint, {**identity, **self.state()})
 
     def try_resume(self) -> bool:
@@ -126,8 +160,20 @@ class EpochLoop:
         self.epoch = self.resumed_from = state["epoch"]
         self.finished = bool(state.get("finished", False))
         self.updates = int(state.get("updates", 0))
+        self.partial = state.get("partial")
         set_rng_state(state["rng"])
-        log.info("%s: resumed after epoch %d (config %s)", self.checkpoint, self.epoch, self.hash)
+        if self.partial is None:
+            log.info(
+                "%s: resumed after epoch %d (config %s)", self.checkpoint, self.epoch, self.hash
+            )
+        else:
+            log.info(
+                "%s: resumed in epoch %d after step %d (config %s)",
+                self.checkpoint,
+                self.partial["epoch"],
+                self.partial["step"],
+                self.hash,
+            )
         return True
 
     def count_step(self, update: bool = True) -> None:
@@ -138,14 +184,45 @@ class EpochLoop:
         self.updates += int(update)
         if self._stop_at == (self.epoch, self.step_in_epoch):
             os.kill(os.getpid(), signal.SIGSTOP)
+        self._stop_if_signalled()
+
+    def _stop_if_signalled(self) -> None:
+        """After a stop signal: save where the run is (inside the epoch where the trainer can)
+        and stop. (A call, so a signal that arrived during the step has run its handler.)"""
+        if self._signal is None:
+            return
+        name = signal.Signals(self._signal).name
+        progress = self.epoch_progress()
+        where = f"epoch {self.epoch} after step {self.step_in_epoch}"
+        if progress is None:
+            saved = f"resumes from the start of epoch {self.epoch} (its last checkpoint)"
+        else:
+            partial = {"epoch": self.epoch, "step": self.step_in_epoch, "progress": progress}
+            self.save_checkpoint(partial)
+            saved = f"saved {self.checkpoint}"
+        raise Preempted(f"stopped by {name} in {where}: {saved}; rerun to go on", self._signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signal = signum  # acted on after the optimiser step in progress (count_step)
 
     def fit(self, tracker) -> None:
         hold_checkpoint(self.checkpoint.parent)
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in PREEMPT_SIGNALS}
+        try:
+            self._fit(tracker)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _fit(self, tracker) -> None:
         self.on_start(self.try_resume())
         while not self.done():
             self.epoch += 1
-            self.step_in_epoch = 0
+            self.step_in_epoch = 0 if self.resumed_progress() is None else self.partial["step"]
             self.run_epoch(tracker)
+            self.partial = None
             self.save_checkpoint()
             if os.environ.get(KILL_ENV) == str(self.epoch):
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -103,6 +103,7 @@ class Trainer(EpochLoop):
         self.best_updates = 0  # updates that made the best weights (0: the initial weights)
         self.history: list[dict] = []
         self.best_state = cpu_state(self.model)
+        self._progress: dict = {"sums": {}, "seen": 0, "skipped": 0}  # the epoch in progress
 
     def make_datasets(
         self, train_manifest: str | Path, valid_manifest: str | Path
@@ -178,42 +179,63 @@ class Trainer(EpochLoop):
         self.end_epoch(train, valid, train_seconds, seconds, tracker)
 
     def train_epoch(self) -> dict:
-        """One pass over this epoch's crops; returns the mean loss and components."""
+        """One pass over this epoch's crops; returns the mean loss and components.
+
+        The crops and their order are a function of (seed, epoch) alone, so an epoch resumed
+        after step k (see :meth:`epoch_progress`) skips its first k batches unread."""
         self.model.train()
         self.train_set.set_epoch(self.epoch)
         order = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + self.epoch)
+        indices = list(RandomSampler(self.train_set, generator=order))
         loader = DataLoader(
             self.train_set,
             batch_size=self.cfg["batch_size"],
-            sampler=RandomSampler(self.train_set, generator=order),
+            sampler=indices[self.step_in_epoch * self.cfg["batch_size"] :],
             collate_fn=collate,
         )
-        sums: dict[str, float] = {}
-        seen = skipped = 0
-        bar = progress(loader, len(loader), f"epoch {self.epoch}")
+        resumed = self.resumed_progress()
+        self._progress = {"sums": {}, "seen": 0, "skipped": 0}
+        if resumed is not None:
+            self._progress = {**resumed, "sums": dict(resumed["sums"])}
+        rng = torch.get_rng_state()
+        batches = iter(loader)  # draws the loader's base seed from torch's global generator
+        if resumed is not None:  # the checkpoint's generator state already counts that draw
+            torch.set_rng_state(rng)
+        bar = progress(batches, len(loader), f"epoch {self.epoch}")
         for batch in bar:
             batch = self._to_device(batch)
-            loss, components = self.step(batch)
-            size = batch["noisy"].shape[0]
-            if not math.isfinite(loss):
-                skipped += 1
-                continue
-            seen += size
-            for key, value in {"loss": loss, **components}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * size
-            bar.set_postfix(loss=f"{loss:.3f}")
+            loss, _ = self.step(batch, batch["noisy"].shape[0])
+            if math.isfinite(loss):
+                bar.set_postfix(loss=f"{loss:.3f}")
+        sums, seen, skipped = (self._progress[k] for k in ("sums", "seen", "skipped"))
         if seen == 0:
             raise SekdError(f"epoch {self.epoch}: every training loss was NaN/Inf")
         if skipped:
             log.warning("epoch %d: skipped %d batches with a non-finite loss", self.epoch, skipped)
         return {key: total / seen for key, total in sums.items()}
 
-    def step(self, batch: dict) -> tuple[float, dict]:
-        """One optimiser step on ``batch`` (the method's loss via ``loss_fn``)."""
+    def epoch_progress(self) -> dict:
+        """The epoch's running sums so far (copied: the checkpoint must not change with them)."""
+        return {**self._progress, "sums": dict(self._progress["sums"])}
+
+    def _add_to_epoch(self, loss: float, components: dict, size: int) -> None:
+        """Count one step's loss into the epoch's sums (before ``count_step``, which may save)."""
+        if not math.isfinite(loss):
+            self._progress["skipped"] += 1
+            return
+        self._progress["seen"] += size
+        sums = self._progress["sums"]
+        for key, value in {"loss": loss, **components}.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * size
+
+    def step(self, batch: dict, size: int) -> tuple[float, dict]:
+        """One optimiser step on ``batch`` of ``size`` crops (the method's loss via ``loss_fn``),
+        counted into the epoch's sums; a non-finite loss is skipped and counted as such."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
             loss, components = self.loss_fn(self.model, batch)
         if not torch.isfinite(loss):
+            self._add_to_epoch(float(loss), {}, size)
             return float(loss), {}
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -221,8 +243,10 @@ class Trainer(EpochLoop):
             nn.utils.clip_grad_norm_(self._trainable(), self.cfg["grad_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        value, parts = float(loss.detach()), {k: float(v) for k, v in components.items()}
+        self._add_to_epoch(value, parts, size)
         self.count_step()
-        return float(loss.detach()), {k: float(v) for k, v in components.items()}
+        return value, parts
 
     def validate(self) -> float:
         """Mean SI-SDR (dB) of the model on the validation set's full utterances."""
