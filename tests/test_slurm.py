@@ -10,19 +10,24 @@ failure into an explicit skip for machines where a user knowingly cannot run it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from repo_copy import BIN, REPO, copy_repo, run, tiny_overlay
-from tiny import UNTUNED, paper_corpora
+from same_outputs import assert_same_outputs
+from tiny import TINY_MODEL, UNTUNED, paper_corpora, tiny_train, write_set
 
 from sekd.config import deep_merge, load_params
+from sekd.engine import CHECKPOINT
 
 pytestmark = pytest.mark.pipeline
 
@@ -39,6 +44,7 @@ TEST_SITE = {
     "jobs": 4,
     "status_command": "squeue",  # no slurmdbd here, so no sacct
     "first_status_check_s": 1,
+    "signal_seconds": 30,
     "conda_prefix": None,
     "log_dir": None,
 }
@@ -165,8 +171,10 @@ def test_pipeline_runs_on_slurm_and_a_killed_job_resumes(slurm: Path, tmp_path: 
     teacher_jobs = [re.search(r"resources: (.*)", block).group(1) for block in blocks]
     assert len(teacher_jobs) == 2, teacher_jobs
     assert "mem_mb=8000," in teacher_jobs[0] and "mem_mb=16000," in teacher_jobs[1]
-    resumed = re.search(r"resumed after epoch (\d+)", (repo / "logs/train_teacher.log").read_text())
-    assert resumed and int(resumed.group(1)) >= 2, "the retried teacher did not resume"
+    # scancel's SIGTERM: the teacher saved inside its epoch; the retry went on from that step
+    teacher_log = (repo / "logs/train_teacher.log").read_text()  # the retry's (rewritten)
+    resumed = re.search(r"resumed in epoch (\d+) after step", teacher_log)
+    assert resumed and int(resumed.group(1)) >= 3, "the retried teacher did not resume"
     history = (repo / "models/teacher/gru/history.csv").read_text().splitlines()
     assert len(history) - 1 == SUBSET["teacher"]["train"]["epochs"]  # each epoch once
 
@@ -215,6 +223,8 @@ def test_paper_plan_asks_every_gpu_rule_for_a_gpu(tmp_path: Path) -> None:
         assert int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0, name
         if name in GPU_RULES:
             assert res.get("gpu") == "1" and res["slurm_partition"] == "gpu", (name, res)
+            # SIGUSR1 before the time limit: the trainer saves mid-epoch (see the test above)
+            assert res["slurm_extra"].strip("'") == "--signal=USR1@300", (name, res)
         else:
             partition = "gpu" if name == "evaluate_personal" else "cpu"  # grouped with adapt
             assert "gpu" not in res and res["slurm_partition"] == partition, (name, res)
@@ -299,3 +309,53 @@ def test_without_slurm_commands_the_profile_refuses_and_deletes_nothing(tmp_path
         )
         assert stale.read_text() == "from an earlier run\n"
     assert not (repo / ".snakemake" / "slurm_logs").exists()
+
+
+def test_a_training_job_at_its_time_limit_saves_mid_epoch_and_its_rerun_is_bit_identical(
+    slurm: Path, tmp_path: Path
+) -> None:
+    """A job that outlives its 1-minute limit: SLURM's SIGTERM reaches the trainer through srun,
+    which finishes its step, saves the epoch in progress and exits 143 within KillWait; the
+    same command then goes on from that step and ends as a run never stopped."""
+    train_set = write_set(tmp_path, "train", [0.6, 0.7, 0.5, 0.65, 0.55, 0.6], seed=0)
+    valid_set = write_set(tmp_path, "valid", [0.6, 0.5], seed=1)
+    teacher = {"model": TINY_MODEL, "train": tiny_train(epochs=3, batch_size=2)}  # 3 steps each
+
+    def train(name: str) -> list[str]:
+        config = json.dumps({"teacher": teacher})
+        return [
+            str(BIN / "sekd"), "train", "--config", config, "--role", "teacher",
+            "--train", str(train_set), "--valid", str(valid_set),
+            "--out", str(tmp_path / name), "--checkpoints", str(tmp_path / f"{name}_ckpt"),
+        ]  # fmt: skip
+
+    env = {**os.environ, "SEKD_TRACKING": "off"}
+    log = tmp_path / "job.log"
+    slow = " ".join(shlex.quote(part) for part in train("stopped"))
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--partition={PARTITION}", "--time=1", f"--output={log}",
+         f"--wrap=srun -n1 {slow}"],
+        env={**env, "SEKD_STEP_SLEEP": "15"},  # 9 steps x 15 s: far past the minute
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.time() + 300
+    while subprocess.run(
+        ["squeue", "-h", "-j", job], capture_output=True, text=True
+    ).stdout.strip():
+        assert time.time() < deadline, f"job {job} still running after 5 min"
+        time.sleep(2)
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    output = log.read_text()
+    assert "JobState=TIMEOUT" in shown, shown + output[-3000:]
+    stopped = re.search(r"stopped by SIGTERM in epoch (\d+) after step (\d+): saved", output)
+    assert stopped, output[-3000:]
+    state = torch.load(tmp_path / "stopped_ckpt" / CHECKPOINT, weights_only=True)
+    assert state["partial"]["step"] == int(stopped.group(2))
+
+    rerun = subprocess.run(train("stopped"), env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed in epoch {stopped.group(1)} after step {stopped.group(2)}" in rerun.stderr
+    reference = subprocess.run(train("reference"), env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert_same_outputs(tmp_path / "stopped", tmp_path / "reference")

@@ -190,7 +190,7 @@ def read_table(
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write mono audio as 24-bit PCM WAV.
+    """Write audio (``[samples]`` or ``[samples, channels]``) as 24-bit PCM WAV.
 
     24-bit PCM rather than float: libsndfile stamps float WAVs with a PEAK chunk holding the write
     time, which would make identical audio differ byte-wise (and change DVC hashes) on every run.
@@ -205,9 +205,14 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_R
 
 
 def read_audio(
-    path: str | Path, sample_rate: int = SAMPLE_RATE, *, allow_silent: bool = False
+    path: str | Path,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    allow_silent: bool = False,
+    keep_channels: bool = False,
 ) -> np.ndarray:
-    """Read a file as mono float32 at ``sample_rate``.
+    """Read a file as mono float32 at ``sample_rate`` (``[samples, channels]`` with
+    ``keep_channels``).
 
     Multi-channel files are averaged to mono and other rates are resampled (polyphase), each with a
     logged notice; any bit depth soundfile reads is accepted. NaN/Inf samples and (unless
@@ -224,16 +229,16 @@ def read_audio(
         raise SekdError(f"{path}: empty audio file")
     if not np.isfinite(audio).all():
         raise SekdError(f"{path}: contains NaN or Inf samples")
-    if audio.shape[1] > 1:
+    if audio.shape[1] > 1 and not keep_channels:
         log.info("%s: %d channels, downmixed to mono", path, audio.shape[1])
         audio = audio.mean(axis=1, keepdims=True)
-    audio = audio[:, 0]
+    audio = audio if keep_channels else audio[:, 0]
     if rate != sample_rate:
         log.info("%s: resampled from %d Hz to %d Hz", path, rate, sample_rate)
         g = np.gcd(rate, sample_rate)
         from scipy.signal import resample_poly  # 0.7 s to import: only when resampling
 
-        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+        audio = resample_poly(audio, sample_rate // g, rate // g, axis=0).astype(np.float32)
     if not allow_silent and np.abs(audio).max() < SILENCE_PEAK:
         raise SekdError(f"{path}: silent audio (peak below {SILENCE_PEAK})")
     return audio

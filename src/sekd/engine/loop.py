@@ -14,7 +14,8 @@ in progress too where the trainer can (``epoch_progress``), and exits with 128 +
 number, so a rerun (Snakemake's retry) goes on from that step: bit-identical again. Two environment variables exist for tests that prove it:
 ``SEKD_KILL_AFTER_EPOCH=E`` SIGKILLs the process right after epoch E's checkpoint, and
 ``SEKD_STOP_AT_STEP=E:S`` makes it SIGSTOP itself at optimiser step S of epoch E, so that a test
-can kill it from outside at a step of its choosing.
+can kill it from outside at a step of its choosing; ``SEKD_STEP_SLEEP=s`` makes every step last s
+seconds longer, so that a test job reaches a SLURM time limit mid-epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KILL_ENV = "SEKD_KILL_AFTER_EPOCH"
 STOP_ENV = "SEKD_STOP_AT_STEP"
+SLEEP_ENV = "SEKD_STEP_SLEEP"
 
 
 def _stop_point() -> tuple[int, int] | None:
@@ -184,6 +187,8 @@ class EpochLoop:
         self.updates += int(update)
         if self._stop_at == (self.epoch, self.step_in_epoch):
             os.kill(os.getpid(), signal.SIGSTOP)
+        if os.environ.get(SLEEP_ENV):
+            time.sleep(float(os.environ[SLEEP_ENV]))
         self._stop_if_signalled()
 
     def _stop_if_signalled(self) -> None:

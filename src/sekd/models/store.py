@@ -6,6 +6,7 @@ tensors from safetensors, so a model folder from an untrusted source cannot run 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,27 @@ def load_weights(
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model from ``model.yaml`` and load its weights; returned in eval mode."""
     spec = read_spec(model_dir)
+    check_size(spec, Path(model_dir) / SPEC)
     model = build_model(spec["name"], spec.get("conf") or {}).to(device)
     load_weights(model, Path(model_dir) / WEIGHTS, device)
     return model.eval()
+
+
+def check_size(spec: dict, source: Path) -> None:
+    """Refuse, naming ``source``, a model whose parameters alone would not fit in this machine's
+    memory: counted on the meta device (nothing allocated), before any real allocation fails
+    with an allocator traceback or the machine starts swapping."""
+    try:
+        with torch.device("meta"):
+            params = count_parameters(build_model(spec["name"], spec.get("conf") or {}))
+    except SekdError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is built for real
+        return
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if params * 4 > memory:
+        raise SekdError(
+            f"{source}: '{spec['name']}' with {spec.get('conf')} has {params:,} parameters "
+            f"({params * 4 / 2**30:.0f} GiB in float32), more than this machine's "
+            f"{memory / 2**30:.0f} GiB of memory"
+        )
