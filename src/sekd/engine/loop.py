@@ -11,11 +11,13 @@ reruns only the epoch in progress, from the same weights, optimiser and RNG stat
 bit-identical to one never killed. A process asked to stop (SIGTERM, or SIGUSR1: what SLURM sends
 at a job's time limit, or before it with ``--signal``) finishes its optimiser step, saves the epoch
 in progress too where the trainer can (``epoch_progress``), and exits with 128 + the signal's
-number, so a rerun (Snakemake's retry) goes on from that step: bit-identical again. Two environment variables exist for tests that prove it:
-``SEKD_KILL_AFTER_EPOCH=E`` SIGKILLs the process right after epoch E's checkpoint, and
-``SEKD_STOP_AT_STEP=E:S`` makes it SIGSTOP itself at optimiser step S of epoch E, so that a test
-can kill it from outside at a step of its choosing; ``SEKD_STEP_SLEEP=s`` makes every step last s
-seconds longer, so that a test job reaches a SLURM time limit mid-epoch.
+number, so a rerun (Snakemake's retry) goes on from that step: bit-identical again.
+
+Three environment variables exist for tests that prove it: ``SEKD_KILL_AFTER_EPOCH=E`` SIGKILLs
+the process right after epoch E's checkpoint; ``SEKD_STOP_AT_STEP=E:S`` makes it SIGSTOP itself
+at optimiser step S of epoch E, so that a test can kill or signal it from outside at a step of
+its choosing; ``SEKD_STEP_SLEEP=s`` makes every step last s seconds longer, so that a test job
+reaches a SLURM time limit mid-epoch.
 """
 
 from __future__ import annotations
