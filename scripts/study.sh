@@ -24,6 +24,7 @@ sekd validate "${overlays[@]/#/--params=}" > /dev/null
 machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "$(date -u +%FT%TZ) start ${part:-main} $(git rev-parse --short HEAD), -c$cores on $machine" >> study/runs.log
 start=$(date +%s)
+sekd unlock-stale  # a run killed with the machine (a lost session) leaves Snakemake's lock
 snakemake --cores "$cores" --configfile "${overlays[@]}" --rerun-incomplete "$@"
 echo "$(date -u +%FT%TZ) done ${part:-main} in $(( $(date +%s) - start )) s" >> study/runs.log
 sekd summary --params params.yaml "${overlays[@]/#/--params=}"
