@@ -204,7 +204,7 @@ class Trainer(EpochLoop):
         bar = progress(batches, len(loader), f"epoch {self.epoch}")
         for batch in bar:
             batch = self._to_device(batch)
-            loss, _ = self.step(batch, batch["noisy"].shape[0])
+            loss, _ = self.step(batch)
             if math.isfinite(loss):
                 bar.set_postfix(loss=f"{loss:.3f}")
         sums, seen, skipped = (self._progress[k] for k in ("sums", "seen", "skipped"))
@@ -228,9 +228,11 @@ class Trainer(EpochLoop):
         for key, value in {"loss": loss, **components}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * size
 
-    def step(self, batch: dict, size: int) -> tuple[float, dict]:
-        """One optimiser step on ``batch`` of ``size`` crops (the method's loss via ``loss_fn``),
-        counted into the epoch's sums; a non-finite loss is skipped and counted as such."""
+    def step(self, batch: dict, size: int | None = None) -> tuple[float, dict]:
+        """One optimiser step on ``batch`` of ``size`` crops (default: all of its ``noisy``) with
+        the method's loss (``loss_fn``), counted into the epoch's sums; a non-finite loss is
+        skipped and counted as such."""
+        size = batch["noisy"].shape[0] if size is None else size
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
             loss, components = self.loss_fn(self.model, batch)
