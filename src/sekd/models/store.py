@@ -85,27 +85,27 @@ def load_weights(
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model from ``model.yaml`` and load its weights; returned in eval mode."""
     spec = read_spec(model_dir)
-    check_size(spec, Path(model_dir) / SPEC)
-    model = build_model(spec["name"], spec.get("conf") or {}).to(device)
+    try:
+        model = build_model(spec["name"], spec.get("conf") or {}).to(device)
+    except (RuntimeError, MemoryError) as err:  # e.g. the allocator refusing a huge conf
+        raise SekdError(_why_unbuilt(spec, Path(model_dir) / SPEC, err)) from None
     load_weights(model, Path(model_dir) / WEIGHTS, device)
     return model.eval()
 
 
-def check_size(spec: dict, source: Path) -> None:
-    """Refuse, naming ``source``, a model whose parameters alone would not fit in this machine's
-    memory: counted on the meta device (nothing allocated), before any real allocation fails
-    with an allocator traceback or the machine starts swapping."""
+def _why_unbuilt(spec: dict, source: Path, err: BaseException) -> str:
+    """One line naming ``source`` for a model that could not be built: its parameter count
+    against this machine's memory when that is the cause (counted on the meta device, where
+    nothing is allocated; only after a failure, since the first meta build costs ~1 s)."""
+    name, conf = spec["name"], spec.get("conf")
     try:
         with torch.device("meta"):
-            params = count_parameters(build_model(spec["name"], spec.get("conf") or {}))
-    except SekdError:
-        raise
-    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is built for real
-        return
+            params = count_parameters(build_model(name, conf or {}))
+    except Exception:  # noqa: BLE001 - not buildable on meta either: the original error says why
+        return f"{source}: cannot build '{name}' with {conf}: {str(err).splitlines()[0]}"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if params * 4 > memory:
-        raise SekdError(
-            f"{source}: '{spec['name']}' with {spec.get('conf')} has {params:,} parameters "
-            f"({params * 4 / 2**30:.0f} GiB in float32), more than this machine's "
-            f"{memory / 2**30:.0f} GiB of memory"
-        )
+    return (
+        f"{source}: '{name}' with {conf} has {params:,} parameters ({params * 4 / 2**30:.0f} GiB "
+        f"in float32) against this machine's {memory / 2**30:.0f} GiB of memory: "
+        f"{str(err).splitlines()[0]}"
+    )
