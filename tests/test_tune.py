@@ -1,6 +1,6 @@
 """Optuna tuning: workers share one study (journal file, PostgreSQL), a killed worker's trial ends
-FAIL and a rerun completes the budget, trials are MLflow runs nested under the study's run, and
-the selected values feed the final distillation."""
+FAIL, which the budget does not count, and a rerun completes the budget; trials are MLflow runs
+nested under the study's run, and the selected values feed the final distillation."""
 
 from __future__ import annotations
 
@@ -120,10 +120,26 @@ def test_a_killed_worker_leaves_a_failed_trial_and_a_rerun_completes_the_budget(
     time.sleep(cfg["tune"]["grace_seconds"] + 1)  # its heartbeat goes stale
     finish(worker(cfg, data, tmp_path, 0))
     states = [t.state for t in study_of(cfg, url).trials]
-    assert states[0] == TrialState.FAIL and len(states) == 2
-    assert states[1] in (TrialState.COMPLETE, TrialState.PRUNED)
+    # the killed trial costs nothing: the method still gets its 2 answered trials, as any other
+    assert states[0] == TrialState.FAIL and len(states) == 3
+    assert all(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states[1:])
     finish(worker(cfg, data, tmp_path, 1))  # the budget is full: a third run adds nothing
-    assert len(study_of(cfg, url).trials) == 2
+    assert len(study_of(cfg, url).trials) == 3
+
+
+def test_a_study_whose_every_trial_fails_ends_at_the_budget(data, tmp_path, monkeypatch):
+    """Failed trials are not counted in the budget, yet a study whose every trial fails ends: after
+    as many failures as the budget (here each trial raises, as a broken method would)."""
+    import sekd.tune
+
+    def broken(*args, **kwargs):
+        raise SekdError("this method cannot train")
+
+    monkeypatch.setattr(sekd.tune, "run_trial", broken)
+    cfg = tune_config(trials=3)
+    paths = {**data, "checkpoints": tmp_path / "ck", "results": tmp_path, "threads": 1}
+    tally = sekd.tune.run_worker(cfg, METHOD, 0, paths, None)
+    assert tally["trials"] == {"COMPLETE": [], "PRUNED": [], "FAIL": [0, 1, 2]}
 
 
 def test_trials_are_nested_mlflow_runs_and_the_best_values_feed_distillation(

@@ -17,7 +17,8 @@ Liveness is a heartbeat of our own, so that it works on every storage (Optuna's 
 has none): a running trial refreshes the ``sekd.heartbeat`` user attribute every
 ``tune.heartbeat_seconds``; before each trial a worker marks RUNNING trials whose heartbeat is
 older than ``tune.grace_seconds`` as FAIL. A worker killed mid-trial thus leaves a FAIL behind,
-and the study goes on.
+which the budget does not count (every method gets the same number of answered trials), and the
+study goes on.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 STORAGE_ENV = "SEKD_OPTUNA_STORAGE"
 
 HEARTBEAT_ATTR = "sekd.heartbeat"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# trials that gave the study an answer, or may still: what a method's budget counts
+SPENT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 SCHEMA_ATTEMPTS = 5
 CONNECT_TIMEOUT = 10  # seconds to reach a PostgreSQL server
 
@@ -209,10 +211,6 @@ def fail_stale_trials(study: optuna.Study, grace: float) -> list[int]:
     return failed
 
 
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 # ---------------------------------------------------------------- results
 
 
@@ -319,11 +317,17 @@ def ask_lock(url: str) -> Iterator[None]:
 
 
 def next_trial(study: optuna.Study, url: str, budget: int, grace: float) -> optuna.Trial | None:
-    """A new trial, or None once finished plus live trials fill the budget."""
+    """A new trial, or None once complete, pruned and running trials fill the budget.
+
+    A failed trial (its worker killed or preempted, or an error) is not counted: a kill must not
+    cost one method a trial that the others get. So that a study whose every trial fails still
+    ends, it also ends once as many trials have failed as the budget."""
     with ask_lock(url):
         fail_stale_trials(study, grace)
-        taken = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
-        return None if taken >= budget else study.ask()
+        states = [trial.state for trial in study.get_trials(deepcopy=False)]
+        spent = sum(state in SPENT for state in states)
+        failed = states.count(TrialState.FAIL)
+        return None if spent >= budget or failed >= budget else study.ask()
 
 
 def trial_trainer_class():
