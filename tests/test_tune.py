@@ -26,7 +26,14 @@ from sekd.config import load_params
 from sekd.errors import SekdError
 from sekd.models import build_model
 from sekd.models.store import save_model
-from sekd.tune import apply_values, config_key, open_storage, read_best, study_name
+from sekd.tune import (
+    apply_values,
+    config_key,
+    open_storage,
+    read_best,
+    study_name,
+    tuning_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -125,6 +132,17 @@ def test_a_killed_worker_leaves_a_failed_trial_and_a_rerun_completes_the_budget(
     assert all(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states[1:])
     finish(worker(cfg, data, tmp_path, 1))  # the budget is full: a third run adds nothing
     assert len(study_of(cfg, url).trials) == 3
+
+
+def test_the_table_counts_the_trials_the_budget_counted():
+    """A model's tuning record (the table's "(N trials)") leaves failed trials out, as the budget
+    does: the DFKD study part's output-KD study (4 complete, 3 pruned, 1 failed) answered 7."""
+    best = {
+        "study": "s",
+        "values": {"weight": 9.03},
+        "trials": {"COMPLETE": 4, "FAIL": 1, "PRUNED": 3},
+    }
+    assert tuning_record(best)["trials"] == 7
 
 
 def test_a_study_whose_every_trial_fails_ends_at_the_budget(data, tmp_path, monkeypatch):

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 STORAGE_ENV = "SEKD_OPTUNA_STORAGE"
 
 HEARTBEAT_ATTR = "sekd.heartbeat"
-# trials that gave the study an answer, or may still: what a method's budget counts
-SPENT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# trials that gave the study an answer; with those that may still, what a method's budget counts
+ANSWERED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPENT = (*ANSWERED, TrialState.RUNNING)
 SCHEMA_ATTEMPTS = 5
 CONNECT_TIMEOUT = 10  # seconds to reach a PostgreSQL server
 
@@ -273,11 +274,13 @@ def apply_tuned(cfg: dict, method: str, best_path: str | Path | None) -> tuple[d
 
 def tuning_record(doc: dict | None) -> dict:
     """What a model's metadata says of its tuning: the values it used from a study (empty when
-    none), the study and how many of its trials completed."""
+    none), the study and how many of its trials the budget counted (complete or pruned; a failed
+    trial is not, see :func:`next_trial`), so that the table shows every method's equal budget."""
     if not doc or doc.get("study") is None:
         return {"values": {}, "study": None, "trials": 0}
     trials = doc.get("trials") or {}
-    return {"values": doc["values"], "study": doc["study"], "trials": int(sum(trials.values()))}
+    answered = sum(trials.get(state.name, 0) for state in ANSWERED)
+    return {"values": doc["values"], "study": doc["study"], "trials": int(answered)}
 
 
 def is_finite(value: Any) -> bool:
