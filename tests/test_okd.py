@@ -117,13 +117,19 @@ def test_bfloat16_discriminator_runs_its_layers_in_bfloat16_and_stays_close():
     exact = MetricDiscriminator(2)
     fast = MetricDiscriminator(2, "bfloat16")
     fast.load_state_dict(exact.state_dict())  # same weights and power-iteration vectors
-    seen = []
+    seen, layouts = [], []
     for disc in (exact, fast):
         disc.convs[-1].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        disc.convs[0].register_forward_hook(
+            lambda _m, inputs, _o: layouts.append(
+                inputs[0].is_contiguous(memory_format=torch.channels_last)
+            )
+        )
     pair = 3 * torch.rand(1, 2, 40, BINS)
     test = pair.clone().requires_grad_(True)
     expected, got = exact(pair), fast(test)
     assert seen == [torch.float32, torch.bfloat16]
+    assert layouts == [False, True]  # official layout in float32; channels-last for oneDNN bf16
     assert got.dtype == torch.float32 and not torch.equal(got, expected)
     torch.testing.assert_close(got, expected, atol=1e-2, rtol=0)
     assert torch.equal(fast.norm.running_mean, exact.norm.running_mean)  # BatchNorm in float32

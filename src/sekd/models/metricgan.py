@@ -124,9 +124,10 @@ class MetricDiscriminator(nn.Module):
 
     ``precision``: ``float32`` (default, the official numerics) or ``bfloat16``, which runs the
     convolutions and linear layers under autocast. The convolutions are about 95 % of a D step and
-    are compute-bound, so on a CPU with native bfloat16 dot products (AVX512-BF16, AMX) this about
-    halves the step; the predictions then differ from float32 ones by bfloat16 rounding (8-bit
-    significand), which the training losses carry on.
+    are compute-bound, so on a CPU with native bfloat16 dot products this cuts the step to a half
+    (AVX512-BF16) or less than a third (AMX, with the channels-last layout); the predictions then
+    differ from float32 ones by bfloat16 rounding (8-bit significand), which the training losses
+    carry on.
     """
 
     def __init__(self, num_metrics: int, precision: str = "float32") -> None:
@@ -165,6 +166,9 @@ class MetricDiscriminator(nn.Module):
         x = self.norm(pair)
         if self.autocast is None:
             return self.layers(x)
+        # channels-last lets oneDNN's bfloat16 convolutions skip a reorder per layer (a D step
+        # ~20 % cheaper on an AMX CPU); the float32 path keeps the official layout, bit for bit
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=self.autocast):
             return self.layers(x).float()
 
