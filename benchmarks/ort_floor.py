@@ -14,21 +14,29 @@ The RTF target for one stream, 0.002 at a 128-sample hop (8 ms), allows 16 µs p
 
 from __future__ import annotations
 
-import time
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from sections.common import median_seconds
 
-HOP_BUDGET_US = 0.002 * 128 / 16000 * 1e6  # RTF target x hop duration
-HIDDEN, BINS, HOP, N_FFT = 32, 257, 128, 512
-CALLS = 20000
+from sekd.export import _session
+from sekd.io import SAMPLE_RATE
+
+HIDDEN, BINS, HOP = 32, 257, 128
+HOP_BUDGET_US = 0.002 * HOP / SAMPLE_RATE * 1e6  # RTF target x hop duration
+EMPTY = "call with one elementwise node"
+CALLS_PER_ROUND = 4000
 
 
 def session(nodes: list, inputs: dict, outputs: dict, weights: dict) -> ort.InferenceSession:
-    """A one-thread session of a graph with float inputs/outputs of the given shapes."""
+    """A session of a graph with float inputs/outputs of the given shapes, opened as
+    ``sekd.export`` opens ``frame.onnx`` (one thread)."""
 
-    def value(name: str, shape: list) -> object:
+    def value(name: str, shape: list) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
     graph = helper.make_graph(
@@ -40,13 +48,14 @@ def session(nodes: list, inputs: dict, outputs: dict, weights: dict) -> ort.Infe
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "floor.onnx"
+        onnx.save(model, path)
+        return _session(path)
 
 
 def microseconds_per_call(sess: ort.InferenceSession, inputs: dict, outputs: dict) -> float:
-    """Median over 5 rounds of the mean time of one bound call (after a warm-up)."""
+    """Median over 5 rounds of the mean time of one bound call (after a warm-up round)."""
     rng = np.random.default_rng(0)
     binding = sess.io_binding()
     keep = []
@@ -56,15 +65,12 @@ def microseconds_per_call(sess: ort.InferenceSession, inputs: dict, outputs: dic
     for name, shape in outputs.items():
         keep.append(np.zeros(shape, np.float32))
         binding.bind_output(name, "cpu", 0, np.float32, list(shape), keep[-1].ctypes.data)
-    for _ in range(CALLS // 10):
-        sess.run_with_iobinding(binding)
-    rounds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(CALLS // 5):
+
+    def round_of_calls() -> None:
+        for _ in range(CALLS_PER_ROUND):
             sess.run_with_iobinding(binding)
-        rounds.append((time.perf_counter() - start) / (CALLS // 5) * 1e6)
-    return float(np.median(rounds))
+
+    return median_seconds(round_of_calls, repeats=5) / CALLS_PER_ROUND * 1e6
 
 
 def matmul_case(rows: int, cols: int) -> tuple:
@@ -93,9 +99,8 @@ def gru_case(inputs: int) -> tuple:
 
 
 def main() -> None:
-    empty = ([helper.make_node("Relu", ["x"], ["y"])], {"x": [1, HOP]}, {"y": [1, HOP]}, {})
     cases = {
-        "call with one elementwise node": empty,
+        EMPTY: ([helper.make_node("Relu", ["x"], ["y"])], {"x": [1, HOP]}, {"y": [1, HOP]}, {}),
         f"hop DFT, matrix-vector [{HOP}, {2 * BINS + 8}]": matmul_case(HOP, 2 * BINS + 8),
         f"inverse DFT, matrix-vector [{2 * BINS}, {HOP}]": matmul_case(2 * BINS, HOP),
         f"GRU step, input {BINS}": gru_case(BINS),
@@ -103,20 +108,16 @@ def main() -> None:
         f"mask head, matrix-vector [{HIDDEN}, {BINS}]": matmul_case(HIDDEN, BINS),
     }
     times = {
-        name: microseconds_per_call(session(*case), case[1], case[2])
-        for name, case in cases.items()
+        name: microseconds_per_call(session(*case), *case[1:3]) for name, case in cases.items()
     }
-    base = times["call with one elementwise node"]
-    floor = base + sum(
-        t - base for name, t in times.items() if name != "call with one elementwise node"
-    )
+    base = times[EMPTY]
+    floor = sum(times.values()) - (len(times) - 1) * base  # one call, plus each piece's work
     print(f"{'what':48s} {'µs/call':>8s} {'above a call':>13s}")
     for name, t in times.items():
         print(f"{name:48s} {t:8.2f} {t - base:13.2f}")
     print(f"{'floor: one call + the work above':48s} {floor:8.2f}")
-    print(
-        f"budget per hop at RTF 0.002: {HOP_BUDGET_US:.1f} µs; floor RTF {floor * 1e-6 * 16000 / HOP:.4f}"
-    )
+    floor_rtf = floor * 1e-6 * SAMPLE_RATE / HOP
+    print(f"budget per hop at RTF 0.002: {HOP_BUDGET_US:.1f} µs; floor RTF {floor_rtf:.5f}")
 
 
 if __name__ == "__main__":
